@@ -1,0 +1,5 @@
+"""`python -m tokensvc` runs the CLI."""
+
+from tokensvc.cli import main
+
+main()

@@ -1,0 +1,106 @@
+"""The admin JSON API under /admin, guarded by the admin bearer key."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tokensvc.errors import InvalidRequest, InvalidToken
+from tokensvc.oauth import bearer
+from tokensvc.params import read_body
+from tokensvc.registry import Registry, client_view, user_view
+from tokensvc.responses import json_response
+from tokensvc.services import Services
+
+audit = logging.getLogger("tokensvc.audit")
+
+
+class AdminEndpoints:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self.registry = Registry(svc.store, svc.hasher)
+        assert svc.settings.admin_key, "the admin API is never unprotected"
+        self._key = svc.settings.admin_key.encode("utf-8")
+
+    def _guard(self, request: Request) -> None:
+        token = bearer(request)
+        if token is None or not hmac.compare_digest(token.encode("utf-8"), self._key):
+            raise InvalidToken("The admin key is missing or wrong.")
+
+    async def _doc(self, request: Request) -> dict[str, Any]:
+        body = await read_body(request, self.svc.settings.max_body_size)
+        try:
+            doc = orjson.loads(body or b"{}")
+        except orjson.JSONDecodeError:
+            raise InvalidRequest("The body is not valid JSON.") from None
+        if not isinstance(doc, dict):
+            raise InvalidRequest("The JSON body must be an object.")
+        return doc
+
+    async def clients(self, request: Request) -> Response:
+        self._guard(request)
+        if request.method == "POST":
+            client, secret = await self.registry.create_client(await self._doc(request))
+            audit.info("admin created client %s", client.client_id)
+            return json_response(client_view(client, secret), 201, no_store=True)
+        try:
+            offset = int(request.query_params.get("offset", "0"))
+            limit = int(request.query_params.get("limit", "100"))
+        except ValueError:
+            raise InvalidRequest("offset and limit must be integers.") from None
+        if offset < 0 or not 1 <= limit <= 1000:
+            raise InvalidRequest("offset must be >= 0 and limit between 1 and 1000.")
+        found, total = await self.svc.store.list_clients(offset, limit)
+        return json_response({"clients": [client_view(c) for c in found], "total": total,
+                              "offset": offset, "limit": limit})
+
+    async def client(self, request: Request) -> Response:
+        self._guard(request)
+        client_id = request.path_params["client_id"]
+        if request.method == "PATCH":
+            client = await self.registry.update_client(client_id, await self._doc(request))
+            audit.info("admin updated client %s", client_id)
+            return json_response(client_view(client))
+        if request.method == "DELETE":
+            await self.registry.revoke_client(client_id)
+            audit.info("admin revoked client %s", client_id)
+            return Response(status_code=204)
+        return json_response(client_view(await self.registry.client(client_id)))
+
+    async def client_secret(self, request: Request) -> Response:
+        self._guard(request)
+        client_id = request.path_params["client_id"]
+        client, secret = await self.registry.rotate_secret(client_id)
+        audit.info("admin rotated the secret of client %s", client_id)
+        return json_response(client_view(client, secret), no_store=True)
+
+    async def users(self, request: Request) -> Response:
+        self._guard(request)
+        user = await self.registry.create_user(await self._doc(request))
+        audit.info("admin created a user")
+        return json_response(user_view(user), 201)
+
+    async def user(self, request: Request) -> Response:
+        self._guard(request)
+        username = request.path_params["username"]
+        if request.method == "PATCH":
+            user = await self.registry.update_user(username, await self._doc(request))
+            audit.info("admin updated a user")
+            return json_response(user_view(user))
+        if request.method == "DELETE":
+            await self.registry.delete_user(username)
+            audit.info("admin deleted a user")
+            return Response(status_code=204)
+        user, failures = await self.registry.user(username)
+        return json_response(user_view(user, failures))
+
+    async def unlock(self, request: Request) -> Response:
+        self._guard(request)
+        await self.registry.unlock_user(request.path_params["username"])
+        audit.info("admin unlocked a user")
+        return Response(status_code=204)

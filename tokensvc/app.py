@@ -1,0 +1,109 @@
+"""create_app: routes, exception handlers and lifespan. Wiring only; no logic lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tokensvc import settings as settings_mod
+from tokensvc.admin import AdminEndpoints
+from tokensvc.discovery import DiscoveryEndpoints
+from tokensvc.errors import OAuthError, StoreUnavailable
+from tokensvc.oauth import OAuthEndpoints
+from tokensvc.principal import PrincipalEndpoints
+from tokensvc.responses import error_body, error_response, json_response
+from tokensvc.services import Services
+from tokensvc.settings import Settings
+
+log = logging.getLogger("tokensvc")
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The ASGI app; with no argument, settings come from `TOKENSVC_*` (uvicorn's factory mode)."""
+    settings = settings_mod.with_generated_keys(settings or settings_mod.load())
+    svc = Services.build(settings)
+    oauth = OAuthEndpoints(svc)
+    principal = PrincipalEndpoints(svc)
+    discovery = DiscoveryEndpoints(svc)
+    admin = AdminEndpoints(svc)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/oauth/token", oauth.token, methods=["POST"]),
+        Route("/oauth/v2/token", oauth.token, methods=["POST"]),
+        Route("/oauth/revoke", oauth.revoke, methods=["POST"]),
+        Route("/oauth/introspect", oauth.introspect, methods=["POST"]),
+        Route("/login", principal.principal, methods=["POST"]),
+        Route("/oauth/userinfo", principal.principal, methods=["GET"]),
+        Route("/.well-known/oauth-authorization-server", discovery.metadata, methods=["GET"]),
+        Route("/healthz", discovery.healthz, methods=["GET"]),
+        Route("/readyz", discovery.readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/admin/clients", admin.clients, methods=["GET", "POST"]),
+        Route("/admin/clients/{client_id}", admin.client, methods=["GET", "PATCH", "DELETE"]),
+        Route("/admin/clients/{client_id}/secret", admin.client_secret, methods=["POST"]),
+        Route("/admin/users", admin.users, methods=["POST"]),
+        Route("/admin/users/{username}", admin.user, methods=["GET", "PATCH", "DELETE"]),
+        Route("/admin/users/{username}/unlock", admin.unlock, methods=["POST"]),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            await svc.store.load_scripts()
+        except StoreUnavailable:
+            log.warning("Redis is not reachable yet; serving 503 until it is")
+        await svc.hasher.prepare()
+        assert settings.redis_url is not None
+        listener = asyncio.create_task(svc.clients.listen(settings.redis_url,
+                                                          settings.redis_timeout))
+        try:
+            yield
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            await svc.store.close()
+
+    async def on_oauth_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, OAuthError)
+        return error_response(exc)
+
+    async def on_store_unavailable(request: Request, exc: Exception) -> Response:
+        log.warning("storage unavailable: %s", exc)
+        return json_response(
+            error_body("temporarily_unavailable", "Storage is unavailable; retry shortly."), 503,
+            {"Retry-After": str(settings.retry_after)}, no_store=True)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+        return json_response(error_body(code, str(exc.detail)), exc.status_code, exc.headers)
+
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return json_response(error_body("server_error", "Internal error."), 500, no_store=True)
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            OAuthError: on_oauth_error,
+            StoreUnavailable: on_store_unavailable,
+            HTTPException: on_http_error,
+            Exception: on_crash,
+        },
+    )
+    app.state.services = svc
+    return app

@@ -1,0 +1,76 @@
+"""RFC 6749 §2.3 client authentication: client_secret_basic, client_secret_post and none."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from urllib.parse import unquote_plus
+
+from tokensvc.clients import ClientDirectory
+from tokensvc.errors import InvalidClient, InvalidRequest
+from tokensvc.models import Client
+from tokensvc.params import Params
+
+_BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="tokensvc"'}
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """Who called, and how they proved it."""
+
+    client: Client
+    method: str
+
+
+def _basic(header: str) -> tuple[str, str]:
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise InvalidClient("The Basic credentials are malformed.", _BASIC_CHALLENGE) from None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep or not client_id:
+        raise InvalidClient("The Basic credentials are malformed.", _BASIC_CHALLENGE)
+    # RFC 6749 §2.3.1: id and secret are form-encoded before they are Basic-encoded.
+    return unquote_plus(client_id), unquote_plus(secret)
+
+
+async def authenticate(authorization: str | None, params: Params, clients: ClientDirectory,
+                       *, allow_public: bool) -> Authenticated:
+    """The calling client, or InvalidClient / InvalidRequest as RFC 6749 §5.2 says."""
+    uses_basic = authorization is not None and authorization[:6].lower() == "basic "
+    if uses_basic:
+        assert authorization is not None
+        if "client_secret" in params:
+            # RFC 6749 §2.3: the client MUST NOT use more than one authentication method.
+            raise InvalidRequest("Use one client authentication method, not Basic and a body secret.")
+        client_id, secret = _basic(authorization)
+        if params.get("client_id", client_id) != client_id:
+            raise InvalidRequest("client_id in the body differs from the Basic credentials.")
+        method = "client_secret_basic"
+    elif "client_secret" in params:
+        if "client_id" not in params:
+            raise InvalidRequest("client_secret was sent without client_id.")
+        client_id, secret = params["client_id"], params["client_secret"]
+        method = "client_secret_post"
+    elif "client_id" in params:
+        client_id, secret = params["client_id"], ""
+        method = "none"
+    else:
+        raise InvalidClient("Client authentication is required.", _BASIC_CHALLENGE)
+
+    challenge = _BASIC_CHALLENGE if uses_basic else None
+    client = await clients.get(client_id)
+    if client is None:
+        raise InvalidClient("Client authentication failed.", challenge)
+    if method == "none":
+        if not client.is_public:
+            raise InvalidClient("This client must authenticate with its secret.", challenge)
+        if not allow_public:
+            raise InvalidClient("Public clients may not use this endpoint.", challenge)
+        return Authenticated(client, method)
+    if client.is_public:
+        raise InvalidClient("A public client has no secret to present.", challenge)
+    if not await clients.check_secret(client, secret):
+        raise InvalidClient("Client authentication failed.", challenge)
+    return Authenticated(client, method)

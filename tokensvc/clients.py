@@ -1,0 +1,147 @@
+"""The client directory: cached client records and verified secrets, kept true across instances.
+
+The hot path must not run argon2 for a secret it has already verified, nor read the client
+from Redis on every request. Each worker therefore remembers, per client, the record and the
+SHA-256 of the secret that last verified. Every change to a client (rotation, edit,
+revocation) is published on a Redis channel; every instance drops that client on the message.
+If the subscription is down, nothing is trusted from the cache: every lookup goes to Redis and
+every secret to argon2 until the subscription is back (and the cache starts empty again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+
+from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from tokensvc.hashing import Hasher
+from tokensvc.models import Client
+from tokensvc.store import keys
+from tokensvc.store.redis import RedisStore
+
+log = logging.getLogger("tokensvc.clients")
+
+
+class _Entry:
+    __slots__ = ("client", "verified")
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.verified: bytes | None = None
+
+
+class ClientDirectory:
+    """Client lookups and secret checks with a bounded, invalidated, per-worker cache."""
+
+    def __init__(self, store: RedisStore, hasher: Hasher, size: int) -> None:
+        self.store = store
+        self.hasher = hasher
+        self.size = size
+        self._entries: dict[str, _Entry] = {}
+        self._inflight: dict[tuple[str, bytes], asyncio.Future[bool]] = {}
+        self._live = False
+        self._epoch = 0
+        self.argon2_runs = 0
+        self.cache_hits = 0
+
+    @property
+    def live(self) -> bool:
+        """True while invalidations are being received, so cached entries can be trusted."""
+        return self._live
+
+    def _forget(self, client_id: str | None = None) -> None:
+        self._epoch += 1
+        if client_id is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(client_id, None)
+
+    async def get(self, client_id: str) -> Client | None:
+        """The client, from the cache when it can be trusted, else from Redis."""
+        if self._live:
+            entry = self._entries.get(client_id)
+            if entry is not None:
+                return entry.client
+        epoch = self._epoch
+        client = await self.store.get_client(client_id)
+        # Cache only if no invalidation arrived while we read: else the record may be stale.
+        if client is not None and self._live and epoch == self._epoch:
+            if len(self._entries) >= self.size:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[client_id] = _Entry(client)
+        return client
+
+    async def check_secret(self, client: Client, secret: str) -> bool:
+        """Constant-time check against the verified digest, or one argon2 run shared by callers."""
+        if client.secret_hash is None:
+            return False
+        presented = hashlib.sha256(secret.encode("utf-8")).digest()
+        entry = self._entries.get(client.client_id) if self._live else None
+        if (entry is not None and entry.client is client and entry.verified is not None
+                and hmac.compare_digest(entry.verified, presented)):
+            self.cache_hits += 1
+            return True
+        key = (client.client_id, presented)
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            self.argon2_runs += 1
+            ok = await self.hasher.verify(client.secret_hash, secret)
+            future.set_result(ok)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here, so an unawaited failure is not logged twice
+            raise
+        finally:
+            del self._inflight[key]
+        if ok:
+            entry = self._entries.get(client.client_id) if self._live else None
+            if entry is not None and entry.client is client:
+                entry.verified = presented
+        return ok
+
+    async def listen(self, url: str, timeout: float) -> None:
+        """Follow the invalidation channel for the life of the worker, resubscribing on failure."""
+        backoff = 0.05
+        while True:
+            # Its own client with no silent retry: a broken subscription must surface here,
+            # because messages published while it was down are lost.
+            sub = aioredis.Redis.from_url(url, socket_connect_timeout=timeout, socket_keepalive=True,
+                                          health_check_interval=5, retry=Retry(NoBackoff(), 0))
+            pubsub = sub.pubsub()
+            try:
+                await pubsub.subscribe(keys.INVALIDATION_CHANNEL)
+                while True:
+                    msg = await pubsub.get_message(timeout=5.0)
+                    if msg is None:
+                        continue
+                    if msg["type"] == "subscribe":
+                        self._forget()
+                        self._live = True
+                        backoff = 0.05
+                    elif msg["type"] == "message":
+                        self._forget(msg["data"].decode())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure: stop trusting the cache, then retry
+                if self._live:
+                    log.warning("invalidation channel lost (%s); client cache disabled", exc)
+                self._live = False
+                self._forget()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                self._live = False
+                try:
+                    await pubsub.aclose()
+                    await sub.aclose()
+                except Exception:  # the connection is already gone; nothing to release
+                    pass

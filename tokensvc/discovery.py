@@ -1,0 +1,52 @@
+"""RFC 8414 metadata, liveness and readiness."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tokensvc.errors import StoreUnavailable
+from tokensvc.grants import GRANTS
+from tokensvc.responses import json_response
+from tokensvc.services import Services
+
+_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+
+def metadata(svc: Services) -> dict[str, object]:
+    """Only what is actually served: each endpoint, grant and method listed here works."""
+    issuer = svc.settings.issuer_url
+    return {
+        "issuer": issuer,
+        "token_endpoint": f"{issuer}/oauth/token",
+        "revocation_endpoint": f"{issuer}/oauth/revoke",
+        "introspection_endpoint": f"{issuer}/oauth/introspect",
+        "userinfo_endpoint": f"{issuer}/oauth/userinfo",
+        "grant_types_supported": sorted(GRANTS),
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": [*_AUTH_METHODS, "none"],
+        "revocation_endpoint_auth_methods_supported": [*_AUTH_METHODS, "none"],
+        "introspection_endpoint_auth_methods_supported": _AUTH_METHODS,
+    }
+
+
+class DiscoveryEndpoints:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self._metadata = metadata(svc)
+
+    async def metadata(self, request: Request) -> Response:
+        return json_response(self._metadata, headers={"Cache-Control": "public, max-age=300"})
+
+    async def healthz(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        """Ready while Redis answers and the client-cache invalidations are flowing."""
+        try:
+            await self.svc.store.ping()
+        except StoreUnavailable:
+            return json_response({"status": "unavailable", "redis": False}, 503,
+                                 {"Retry-After": str(self.svc.settings.retry_after)})
+        return json_response({"status": "ok", "redis": True,
+                              "invalidation": self.svc.clients.live})

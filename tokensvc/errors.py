@@ -1,0 +1,134 @@
+"""The error vocabulary: one class per RFC 6749 §5.2 code, plus the statuses the contract adds.
+
+The description is what the client reads (`error_description`, repeated as `message` for
+Gofundo clients); it never carries a Redis key, a token or a stack.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class OAuthError(Exception):
+    """An error the client is told about in an RFC-shaped JSON body."""
+
+    error: ClassVar[str] = "invalid_request"
+    status_code: ClassVar[int] = 400
+
+    def __init__(self, description: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(description)
+        self.description = description
+        self.headers = headers or {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.description!r})"
+
+
+class InvalidRequest(OAuthError):
+    """RFC 6749 §5.2: a parameter is missing, repeated, malformed or not allowed."""
+
+    error = "invalid_request"
+
+
+class InvalidClient(OAuthError):
+    """RFC 6749 §5.2: client authentication failed (unknown client, wrong secret, wrong method)."""
+
+    error = "invalid_client"
+    status_code = 401
+
+
+class InvalidGrant(OAuthError):
+    """RFC 6749 §5.2: the grant, credentials or refresh token is invalid, expired, revoked or not ours."""
+
+    error = "invalid_grant"
+
+
+class UnauthorizedClient(OAuthError):
+    """RFC 6749 §5.2: the client may not use this grant type (or touch this token)."""
+
+    error = "unauthorized_client"
+
+
+class UnsupportedGrantType(OAuthError):
+    """RFC 6749 §5.2: the grant type is not one this server implements."""
+
+    error = "unsupported_grant_type"
+
+
+class InvalidScope(OAuthError):
+    """RFC 6749 §5.2: the scope is malformed or exceeds what the client or grant allows."""
+
+    error = "invalid_scope"
+
+
+class UnsupportedTokenType(OAuthError):
+    """RFC 7009 §2.2.1: the token_type_hint names a type this server does not revoke."""
+
+    error = "unsupported_token_type"
+
+
+class InvalidToken(OAuthError):
+    """RFC 6750 §3.1: the bearer token is missing, expired, revoked or unknown."""
+
+    error = "invalid_token"
+    status_code = 401
+
+    def __init__(self, description: str) -> None:
+        super().__init__(
+            description,
+            {"WWW-Authenticate": f'Bearer realm="tokensvc", error="invalid_token", '
+                                f'error_description="{description}"'},
+        )
+
+
+class UserNotVerified(OAuthError):
+    """finAPI: the client requires verified users and this one is not verified (403)."""
+
+    error = "access_denied"
+    status_code = 403
+
+
+class UserLocked(OAuthError):
+    """finAPI: too many consecutive failed logins locked the user (423)."""
+
+    error = "user_locked"
+    status_code = 423
+
+
+class NotFound(OAuthError):
+    """Admin API: the named client or user does not exist."""
+
+    error = "not_found"
+    status_code = 404
+
+
+class Conflict(OAuthError):
+    """Admin API: the resource already exists."""
+
+    error = "conflict"
+    status_code = 409
+
+
+class PayloadTooLarge(OAuthError):
+    """The body exceeds the configured maximum (413)."""
+
+    error = "invalid_request"
+    status_code = 413
+
+
+class UnsupportedMediaType(OAuthError):
+    """The body is neither form-urlencoded nor JSON (415)."""
+
+    error = "invalid_request"
+    status_code = 415
+
+
+class TemporarilyUnavailable(OAuthError):
+    """RFC 6749 §4.1.2.1 vocabulary: storage is unreachable; retry later (503)."""
+
+    error = "temporarily_unavailable"
+    status_code = 503
+
+
+class StoreUnavailable(Exception):
+    """Redis could not be reached in time; the HTTP layer answers 503, never 500."""

@@ -1,0 +1,10 @@
+"""The token endpoint's grants, keyed by their `grant_type` wire value."""
+
+from __future__ import annotations
+
+from tokensvc.grants import client_credentials, password, refresh_token
+from tokensvc.grants.base import Grant
+
+GRANTS: dict[str, Grant] = {
+    g.grant_type: g for g in (client_credentials.GRANT, password.GRANT, refresh_token.GRANT)
+}

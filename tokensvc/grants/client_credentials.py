@@ -1,0 +1,19 @@
+"""RFC 6749 §4.4 client credentials grant: an access token for the client itself."""
+
+from __future__ import annotations
+
+from tokensvc import scopes
+from tokensvc.grants.base import Grant, GrantContext
+from tokensvc.models import TokenResponse
+
+GRANT_TYPE = "client_credentials"
+
+
+async def handle(ctx: GrantContext) -> TokenResponse:
+    scope = scopes.grant(scopes.parse(ctx.params.get("scope")), ctx.client.scopes)
+    # RFC 6749 §4.4.3: a refresh token SHOULD NOT be included.
+    return await ctx.issuer.issue(ctx.client, None, scope, with_refresh=False)
+
+
+# RFC 6749 §4.4: the client credentials grant MUST only be used by confidential clients.
+GRANT = Grant(GRANT_TYPE, handle, allows_public=False)

@@ -1,0 +1,151 @@
+"""Token issuance: minting, finAPI token reuse and refresh rotation, on top of RedisStore.
+
+Time is taken once per request here; records carry epoch milliseconds, while Redis TTLs are
+the authority on expiry.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from tokensvc.clients import ClientDirectory
+from tokensvc.errors import InvalidGrant, InvalidScope
+from tokensvc.models import Client, TokenRecord, TokenResponse
+from tokensvc.settings import Settings
+from tokensvc.store import keys
+from tokensvc.store.redis import RedisStore, encode_record, token_record
+from tokensvc.tokens import (
+    ACCESS,
+    CODE,
+    REFRESH,
+    Minted,
+    TokenCodec,
+    derived_grant_id,
+    new_grant_id,
+    new_seed,
+)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class TokenIssuer:
+    """Mints tokens for a client (and user) and persists them in the grant's hash slot."""
+
+    def __init__(self, store: RedisStore, codec: TokenCodec, clients: ClientDirectory,
+                 settings: Settings) -> None:
+        self.store = store
+        self.codec = codec
+        self.clients = clients
+        self.settings = settings
+
+    async def active(self, token: str, kind: str | None = None) -> TokenRecord | None:
+        """The record of a live token: minted here, stored, not rotated, its client not revoked."""
+        parsed = self.codec.parse(token, kind)
+        if parsed is None or parsed.kind == CODE:
+            return None
+        record = token_record(await self.store.get_token(parsed.grant_id, parsed.digest))
+        if record is None or record.rotated_at is not None:
+            return None
+        # Revoking a client ends its tokens at once: they die with the client record.
+        if await self.clients.get(record.client_id) is None:
+            return None
+        return record
+
+    def access_ttl(self, client: Client) -> int:
+        return client.access_token_ttl or self.settings.access_token_ttl
+
+    def refresh_ttl(self, client: Client) -> int:
+        return client.refresh_token_ttl or self.settings.refresh_token_ttl
+
+    def reuses(self, client: Client) -> bool:
+        return self.settings.reuse_tokens if client.reuse_tokens is None else client.reuse_tokens
+
+    async def issue(self, client: Client, username: str | None, scope: str,
+                    with_refresh: bool) -> TokenResponse:
+        """New tokens for a grant; with reuse on, the live ones from an identical request."""
+        if self.reuses(client):
+            reused = await self._issue_reusable(client, username, scope, with_refresh)
+            if reused is not None:
+                return reused
+        at_ttl = self.access_ttl(client) * 1000
+        now = now_ms()
+        grant_id = new_grant_id()
+        access = self.codec.mint(ACCESS, grant_id)
+        at_key = keys.token(grant_id, access.digest)
+        at_rec = encode_record(ACCESS, client.client_id, username, scope, grant_id, now, at_ttl)
+        if not with_refresh:
+            await self.store.put_token(at_key, at_rec, at_ttl)
+            return TokenResponse(access.token, at_ttl // 1000, scope)
+        rt_ttl = self.refresh_ttl(client) * 1000
+        refresh = self.codec.mint(REFRESH, grant_id)
+        rt_rec = encode_record(REFRESH, client.client_id, username, scope, grant_id, now, rt_ttl)
+        await self.store.issue(grant_id, [(at_key, at_rec, at_ttl),
+                                          (keys.token(grant_id, refresh.digest), rt_rec, rt_ttl)])
+        return TokenResponse(access.token, at_ttl // 1000, scope, refresh.token)
+
+    async def _issue_reusable(self, client: Client, username: str | None, scope: str,
+                              with_refresh: bool) -> TokenResponse | None:
+        """finAPI reuse: identical requests meet on one derived grant and one reuse record.
+
+        None only when the live token was derived under a server key that is no longer
+        configured; the caller then issues an ordinary token.
+        """
+        at_ttl = self.access_ttl(client) * 1000
+        rt_ttl = self.refresh_ttl(client) * 1000
+        now = now_ms()
+        grant_id = derived_grant_id("reuse", client.client_id, username or "", scope)
+        at_seed = new_seed()
+        access = self.codec.derive(ACCESS, grant_id, at_seed)
+        assert access is not None
+        at_key = keys.token(grant_id, access.digest)
+        record: dict[str, object] = {"l": at_ttl, "a": at_key, "sa": at_seed, "k": self.codec.key_id}
+        tokens = [(at_key, encode_record(ACCESS, client.client_id, username, scope, grant_id, now,
+                                         at_ttl), at_ttl)]
+        refresh: Minted | None = None
+        if with_refresh:
+            rt_seed = new_seed()
+            refresh = self.codec.derive(REFRESH, grant_id, rt_seed)
+            assert refresh is not None
+            record["sr"] = rt_seed
+            tokens.append((keys.token(grant_id, refresh.digest),
+                           encode_record(REFRESH, client.client_id, username, scope, grant_id, now,
+                                         rt_ttl), rt_ttl))
+        found = await self.store.reuse_or_issue(grant_id, orjson.dumps(record), at_ttl, tokens)
+        if found is None:
+            return TokenResponse(access.token, at_ttl // 1000, scope,
+                                 refresh.token if refresh else None)
+        live, left_ms = found
+        doc = orjson.loads(live)
+        access = self.codec.derive(ACCESS, grant_id, doc["sa"], doc["k"])
+        if access is None:
+            return None
+        refresh = self.codec.derive(REFRESH, grant_id, doc["sr"], doc["k"]) if "sr" in doc else None
+        return TokenResponse(access.token, left_ms // 1000, scope,
+                             refresh.token if refresh else None)
+
+    async def refresh(self, client: Client, presented: str, scope: str | None) -> TokenResponse:
+        """RFC 6749 §6 with rotation; a rotated token presented again ends the grant."""
+        parsed = self.codec.parse(presented, REFRESH)
+        if parsed is None:
+            raise InvalidGrant("The refresh token is invalid, expired or revoked.")
+        at_ttl = self.access_ttl(client) * 1000
+        rt_ttl = self.refresh_ttl(client) * 1000
+        access = self.codec.mint(ACCESS, parsed.grant_id)
+        refresh = self.codec.mint(REFRESH, parsed.grant_id)
+        out = await self.store.rotate(
+            parsed.grant_id, parsed.digest, access.digest, refresh.digest, client.client_id,
+            scope or "", at_ttl, rt_ttl, self.settings.refresh_grace * 1000)
+        outcome = out[0]
+        if outcome == "OK":
+            return TokenResponse(access.token, at_ttl // 1000, out[2], refresh.token)
+        if outcome == "SCOPE":
+            raise InvalidScope("The requested scope exceeds the scope originally granted.")
+        if outcome == "REUSED":
+            raise InvalidGrant("The refresh token was already used; the grant has been revoked.")
+        if outcome == "CLIENT":
+            raise InvalidGrant("The refresh token was issued to another client.")
+        raise InvalidGrant("The refresh token is invalid, expired or revoked.")

@@ -1,0 +1,78 @@
+"""Domain values: clients, users and token records. Frozen, slotted, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GRANT_TYPES = ("client_credentials", "password", "refresh_token")
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """A registered OAuth client with its finAPI-style per-client configuration."""
+
+    client_id: str
+    name: str
+    secret_hash: str | None
+    token_endpoint_auth_method: str
+    grant_types: tuple[str, ...]
+    scopes: tuple[str, ...]
+    redirect_uris: tuple[str, ...]
+    website: str | None
+    created_at: int
+    access_token_ttl: int | None = None
+    refresh_token_ttl: int | None = None
+    reuse_tokens: bool | None = None
+    max_user_login_attempts: int | None = None
+    require_verified_users: bool = False
+
+    @property
+    def is_public(self) -> bool:
+        """RFC 6749 §2.1: a client that cannot keep a secret authenticates with `none`."""
+        return self.token_endpoint_auth_method == "none"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A resource owner who logs in with a password."""
+
+    username: str
+    password_hash: str
+    verified: bool
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """What Redis keeps for a token (never the token itself); times are epoch milliseconds."""
+
+    kind: str
+    client_id: str
+    username: str | None
+    scope: str
+    grant_id: str
+    issued_at: int
+    expires_at: int
+    rotated_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenResponse:
+    """RFC 6749 §5.1 successful response."""
+
+    access_token: str
+    expires_in: int
+    scope: str
+    refresh_token: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        body: dict[str, object] = {
+            "access_token": self.access_token,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+            "scope": self.scope or None,
+        }
+        if self.refresh_token is not None:
+            body["refresh_token"] = self.refresh_token
+        return body

@@ -1,0 +1,124 @@
+"""The token (RFC 6749 §3.2), revocation (RFC 7009) and introspection (RFC 7662) endpoints."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tokensvc.clientauth import authenticate
+from tokensvc.errors import (
+    InvalidRequest,
+    InvalidToken,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+    UnsupportedTokenType,
+)
+from tokensvc.grants import GRANTS
+from tokensvc.grants.base import GrantContext
+from tokensvc.params import read_params
+from tokensvc.responses import json_response
+from tokensvc.services import Services
+from tokensvc.tokens import ACCESS, CODE, REFRESH
+
+_HINTS = (None, "access_token", "refresh_token")
+
+
+def bearer(request: Request) -> str | None:
+    """RFC 6750 §2.1: the token from `Authorization: Bearer ...`, if that is what was sent."""
+    header = request.headers.get("authorization")
+    if header is None or header[:7].lower() != "bearer ":
+        return None
+    return header[7:].strip() or None
+
+
+class OAuthEndpoints:
+    """Request handlers bound to the service's parts at start-up."""
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self.limit = svc.settings.max_body_size
+
+    async def token(self, request: Request) -> Response:
+        svc = self.svc
+        params = await read_params(request, self.limit)
+        grant_type = params.get("grant_type")
+        if grant_type is None:
+            raise InvalidRequest("grant_type is required.")
+        grant = GRANTS.get(grant_type)
+        if grant is None:
+            raise UnsupportedGrantType(f"The grant_type '{grant_type[:64]}' is not supported.")
+        auth = await authenticate(request.headers.get("authorization"), params, svc.clients,
+                                  allow_public=grant.allows_public)
+        if grant_type not in auth.client.grant_types:
+            raise UnauthorizedClient(f"The client may not use grant_type={grant_type}.")
+        result = await grant.handle(GrantContext(auth.client, params, svc.issuer, svc.store,
+                                                 svc.hasher, svc.settings))
+        return json_response(result.to_dict(), no_store=True)
+
+    async def revoke(self, request: Request) -> Response:
+        """RFC 7009, plus finAPI's `Authorization: Bearer <the client's own access token>`."""
+        svc = self.svc
+        params = await read_params(request, self.limit)
+        for name in ("token", "token_type_hint"):
+            value = request.query_params.get(name)
+            if value:
+                if name in params or len(request.query_params.getlist(name)) > 1:
+                    raise InvalidRequest(f"The parameter '{name}' was sent more than once.")
+                params[name] = value
+        presented = bearer(request)
+        username: str | None = None
+        if presented is not None:
+            caller = await svc.issuer.active(presented, ACCESS)
+            if caller is None:
+                raise InvalidToken("The access token is invalid, expired or revoked.")
+            client_id, username = caller.client_id, caller.username
+        else:
+            auth = await authenticate(request.headers.get("authorization"), params, svc.clients,
+                                      allow_public=True)
+            client_id = auth.client.client_id
+        token = params.get("token")
+        if token is None:
+            raise InvalidRequest("token is required.")
+        hint = params.get("token_type_hint")
+        if hint not in _HINTS:
+            raise UnsupportedTokenType("token_type_hint must be access_token or refresh_token.")
+        parsed = svc.codec.parse(token)
+        # RFC 7009 §2.2: an invalid token is answered with 200, since there is nothing to do.
+        if parsed is None or parsed.kind == CODE:
+            return Response(status_code=200)
+        # finAPI: an access token with hint access_token goes alone; a refresh token, or any
+        # token without a hint, takes every token of its grant with it.
+        whole_grant = parsed.kind == REFRESH or hint is None
+        outcome = await svc.store.revoke(parsed.grant_id, parsed.digest, client_id, whole_grant,
+                                         username)
+        if outcome == "FORBIDDEN":
+            raise UnauthorizedClient("The token was not issued to this client.")
+        return Response(status_code=200)
+
+    async def introspect(self, request: Request) -> Response:
+        """RFC 7662: anything unknown, expired, rotated or revoked is just `active: false`."""
+        svc = self.svc
+        params = await read_params(request, self.limit)
+        await authenticate(request.headers.get("authorization"), params, svc.clients,
+                           allow_public=False)
+        token = params.get("token")
+        if token is None:
+            raise InvalidRequest("token is required.")
+        if params.get("token_type_hint") not in _HINTS:
+            raise UnsupportedTokenType("token_type_hint must be access_token or refresh_token.")
+        record = await svc.issuer.active(token)
+        if record is None:
+            return json_response({"active": False}, no_store=True)
+        body: dict[str, object] = {
+            "active": True,
+            "scope": record.scope,
+            "client_id": record.client_id,
+            "token_type": "Bearer" if record.kind == ACCESS else "refresh_token",
+            "exp": record.expires_at // 1000,
+            "iat": record.issued_at // 1000,
+            "sub": record.username or record.client_id,
+            "iss": svc.settings.issuer_url,
+        }
+        if record.username is not None:
+            body["username"] = record.username
+        return json_response(body, no_store=True)

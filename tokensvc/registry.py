@@ -1,0 +1,247 @@
+"""Client and user administration, shared by the admin API and the CLI.
+
+Input arrives as loose JSON (admin API, CLI flags); it is validated here into frozen models.
+Client secrets are generated here, returned once, and only their argon2id hash is stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from tokensvc.errors import Conflict, InvalidRequest, NotFound
+from tokensvc.hashing import Hasher
+from tokensvc.models import AUTH_METHODS, GRANT_TYPES, Client, User
+from tokensvc.scopes import is_scope_token
+from tokensvc.store.redis import RedisStore
+
+SECRET_PREFIX = "tsv_cs_"
+_CONFIG_INTS = ("access_token_ttl", "refresh_token_ttl", "max_user_login_attempts")
+_EDITABLE = ("name", "redirect_uris", "scopes", "grant_types", "website",
+             "reuse_tokens", "require_verified_users", *_CONFIG_INTS)
+
+
+def new_secret() -> str:
+    """A client secret: 256 random bits, prefixed so secret scanners recognise it."""
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def _text(doc: Mapping[str, Any], name: str, *, required: bool = False,
+          limit: int = 200) -> str | None:
+    value = doc.get(name)
+    if value is None:
+        if required:
+            raise InvalidRequest(f"'{name}' is required.")
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        raise InvalidRequest(f"'{name}' must be a non-empty string of at most {limit} characters.")
+    if any(ord(ch) < 32 for ch in value):
+        raise InvalidRequest(f"'{name}' must not contain control characters.")
+    return value.strip()
+
+
+def _strings(doc: Mapping[str, Any], name: str) -> tuple[str, ...] | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"'{name}' must be a list of strings.")
+    return tuple(dict.fromkeys(value))
+
+
+def _redirect_uri(uri: str) -> str:
+    # RFC 6749 §3.1.2: an absolute URI without a fragment; compared exactly later.
+    parts = urlsplit(uri)
+    if not parts.scheme or not (parts.netloc or parts.scheme not in ("http", "https")):
+        raise InvalidRequest(f"redirect URI '{uri[:100]}' is not an absolute URI.")
+    if parts.fragment or "#" in uri:
+        raise InvalidRequest(f"redirect URI '{uri[:100]}' must not have a fragment.")
+    if parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+        raise InvalidRequest("http redirect URIs are allowed for loopback hosts only; use https.")
+    return uri
+
+
+def _website(doc: Mapping[str, Any]) -> str | None:
+    site = _text(doc, "website", limit=2000)
+    if site is not None and urlsplit(site).scheme not in ("http", "https"):
+        raise InvalidRequest("'website' must be an http(s) URL.")
+    return site
+
+
+def _config(doc: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _CONFIG_INTS:
+        if name in doc:
+            value = doc[name]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise InvalidRequest(f"'{name}' must be a positive integer or null.")
+            out[name] = value
+    if "reuse_tokens" in doc:
+        if doc["reuse_tokens"] is not None and not isinstance(doc["reuse_tokens"], bool):
+            raise InvalidRequest("'reuse_tokens' must be true, false or null (the global default).")
+        out["reuse_tokens"] = doc["reuse_tokens"]
+    if "require_verified_users" in doc:
+        if not isinstance(doc["require_verified_users"], bool):
+            raise InvalidRequest("'require_verified_users' must be true or false.")
+        out["require_verified_users"] = doc["require_verified_users"]
+    return out
+
+
+def _check_client(client: Client) -> Client:
+    for g in client.grant_types:
+        if g not in GRANT_TYPES:
+            raise InvalidRequest(f"grant type '{g[:64]}' is not supported; use {', '.join(GRANT_TYPES)}.")
+    if not client.grant_types:
+        raise InvalidRequest("a client needs at least one grant type.")
+    if client.is_public and "client_credentials" in client.grant_types:
+        raise InvalidRequest("a public client cannot use client_credentials (RFC 6749 §4.4).")
+    for s in client.scopes:
+        if not is_scope_token(s):
+            raise InvalidRequest(f"scope '{s[:64]}' is not a valid scope token (RFC 6749 §3.3).")
+    for uri in client.redirect_uris:
+        _redirect_uri(uri)
+    return client
+
+
+def client_view(client: Client, secret: str | None = None) -> dict[str, Any]:
+    """The client as the admin API shows it; the secret only when just generated."""
+    view: dict[str, Any] = {"client_id": client.client_id}
+    if secret is not None:
+        view["client_secret"] = secret
+    view.update({k: v for k, v in dataclasses.asdict(client).items()
+                 if k not in ("client_id", "secret_hash")})
+    for name in ("grant_types", "scopes", "redirect_uris"):
+        view[name] = list(view[name])
+    return view
+
+
+class Registry:
+    """Creates, edits and revokes clients and users."""
+
+    def __init__(self, store: RedisStore, hasher: Hasher) -> None:
+        self.store = store
+        self.hasher = hasher
+
+    async def create_client(self, doc: Mapping[str, Any]) -> tuple[Client, str | None]:
+        """A new client and its secret (None for public clients), which is never shown again."""
+        method = doc.get("token_endpoint_auth_method", "client_secret_basic")
+        if method not in AUTH_METHODS:
+            raise InvalidRequest(f"token_endpoint_auth_method must be one of {', '.join(AUTH_METHODS)}.")
+        public = method == "none"
+        default_grants = ("password", "refresh_token") if public else (
+            "client_credentials", "password", "refresh_token")
+        secret = None if public else new_secret()
+        client = _check_client(Client(
+            client_id=secrets.token_urlsafe(16),
+            name=_text(doc, "name", required=True) or "",
+            secret_hash=None if secret is None else await self.hasher.hash(secret),
+            token_endpoint_auth_method=method,
+            grant_types=_strings(doc, "grant_types") or default_grants,
+            scopes=_strings(doc, "scopes") or (),
+            redirect_uris=_strings(doc, "redirect_uris") or (),
+            website=_website(doc),
+            created_at=int(time.time()),
+            **_config(doc),
+        ))
+        if not await self.store.put_client(client, new=True):
+            raise Conflict("A client with that id already exists.")
+        return client, secret
+
+    async def client(self, client_id: str) -> Client:
+        client = await self.store.get_client(client_id)
+        if client is None:
+            raise NotFound("No such client.")
+        return client
+
+    async def update_client(self, client_id: str, doc: Mapping[str, Any]) -> Client:
+        unknown = set(doc) - set(_EDITABLE)
+        if unknown:
+            raise InvalidRequest(f"Cannot change: {', '.join(sorted(unknown))}.")
+        current = await self.client(client_id)
+        changes: dict[str, Any] = _config(doc)
+        if "name" in doc:
+            changes["name"] = _text(doc, "name", required=True)
+        if "website" in doc:
+            changes["website"] = _website(doc)
+        for name in ("redirect_uris", "scopes", "grant_types"):
+            if name in doc:
+                changes[name] = _strings(doc, name) or ()
+        client = _check_client(dataclasses.replace(current, **changes))
+        if not await self.store.put_client(client, new=False):
+            raise NotFound("No such client.")
+        return client
+
+    async def rotate_secret(self, client_id: str) -> tuple[Client, str]:
+        current = await self.client(client_id)
+        if current.is_public:
+            raise InvalidRequest("A public client has no secret.")
+        secret = new_secret()
+        client = dataclasses.replace(current, secret_hash=await self.hasher.hash(secret))
+        if not await self.store.put_client(client, new=False):
+            raise NotFound("No such client.")
+        return client, secret
+
+    async def revoke_client(self, client_id: str) -> None:
+        if not await self.store.delete_client(client_id):
+            raise NotFound("No such client.")
+
+    # -- users --------------------------------------------------------------------------
+
+    async def _password(self, doc: Mapping[str, Any]) -> str:
+        password = doc.get("password")
+        if not isinstance(password, str) or not 8 <= len(password) <= 1024:
+            raise InvalidRequest("'password' must be a string of 8 to 1024 characters.")
+        return await self.hasher.hash(password)
+
+    async def create_user(self, doc: Mapping[str, Any]) -> User:
+        username = _text(doc, "username", required=True) or ""
+        verified = doc.get("verified", False)
+        if not isinstance(verified, bool):
+            raise InvalidRequest("'verified' must be true or false.")
+        user = User(username, await self._password(doc), verified, int(time.time()))
+        if not await self.store.put_user(user, new=True):
+            raise Conflict("A user with that username already exists.")
+        return user
+
+    async def user(self, username: str) -> tuple[User, int]:
+        user, failures = await self.store.get_user(username)
+        if user is None:
+            raise NotFound("No such user.")
+        return user, failures
+
+    async def update_user(self, username: str, doc: Mapping[str, Any]) -> User:
+        unknown = set(doc) - {"verified", "password"}
+        if unknown:
+            raise InvalidRequest(f"Cannot change: {', '.join(sorted(unknown))}.")
+        user, _ = await self.user(username)
+        changes: dict[str, Any] = {}
+        if "verified" in doc:
+            if not isinstance(doc["verified"], bool):
+                raise InvalidRequest("'verified' must be true or false.")
+            changes["verified"] = doc["verified"]
+        if "password" in doc:
+            changes["password_hash"] = await self._password(doc)
+        user = dataclasses.replace(user, **changes)
+        if not await self.store.put_user(user, new=False):
+            raise NotFound("No such user.")
+        return user
+
+    async def unlock_user(self, username: str) -> None:
+        await self.user(username)
+        await self.store.reset_failures(username)
+
+    async def delete_user(self, username: str) -> None:
+        if not await self.store.delete_user(username):
+            raise NotFound("No such user.")
+
+
+def user_view(user: User, failures: int = 0) -> dict[str, Any]:
+    return {"username": user.username, "verified": user.verified, "created_at": user.created_at,
+            "failed_logins": failures}

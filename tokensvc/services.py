@@ -1,0 +1,36 @@
+"""The service's parts, built once per worker from Settings and shared by every endpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokensvc.clients import ClientDirectory
+from tokensvc.hashing import Hasher
+from tokensvc.issuance import TokenIssuer
+from tokensvc.settings import Settings
+from tokensvc.store.redis import RedisStore, connect
+from tokensvc.tokens import TokenCodec
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    store: RedisStore
+    codec: TokenCodec
+    hasher: Hasher
+    clients: ClientDirectory
+    issuer: TokenIssuer
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        """Wire the parts; needs a Redis URL and server keys already resolved."""
+        if settings.redis_url is None:
+            raise ValueError("a Redis URL is required (the CLI starts an embedded one)")
+        store = RedisStore(connect(settings.redis_url, timeout=settings.redis_timeout,
+                                   pool_size=settings.redis_pool_size))
+        codec = TokenCodec(settings.secret_keys)
+        hasher = Hasher(settings.password_time_cost, settings.password_memory_cost,
+                        settings.password_parallelism)
+        clients = ClientDirectory(store, hasher, settings.secret_cache_size)
+        issuer = TokenIssuer(store, codec, clients, settings)
+        return cls(settings, store, codec, hasher, clients, issuer)

@@ -1,0 +1,245 @@
+"""Settings: one frozen value read once at start-up from flags and `TOKENSVC_*` variables.
+
+Every option exists both as a CLI flag (`--access-token-ttl`) and as an environment
+variable (`TOKENSVC_ACCESS_TOKEN_TTL`). A bad or unknown setting stops the service at
+start with a message that names it, rather than surfacing as odd behaviour under load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "TOKENSVC_"
+
+
+class SettingsError(ValueError):
+    """A setting is unknown or malformed; the message names it."""
+
+    def __init__(self, name: str, message: str) -> None:
+        self.name = name
+        super().__init__(f"setting {ENV_PREFIX}{name.upper()} (--{name.replace('_', '-')}): {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """How one setting is parsed and documented, shared by the env reader and the CLI."""
+
+    name: str
+    help: str
+    parse: Callable[[str], Any]
+    check: Callable[[Any], str | None] = lambda _: None
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected a boolean (1/0, true/false), got {raw!r}")
+
+
+def _int(raw: str) -> int:
+    return int(raw.strip(), 10)
+
+
+def _keys(raw: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _at_least(low: int) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"must be at least {low}, got {v}"
+
+
+def _redis_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return f"must be a redis://, rediss:// or unix:// URL, got scheme {parts.scheme!r}"
+    if parts.scheme != "unix" and not parts.hostname:
+        return "names no host"
+    return None
+
+
+def _secret_keys(keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        if len(key) < 32:
+            return "each key must be at least 32 characters (use `openssl rand -hex 32`)"
+    return None
+
+
+def _issuer(url: str | None) -> str | None:
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        return "must be an http(s) URL without query or fragment"
+    return None
+
+
+def _log_level(level: str) -> str | None:
+    ok = ("critical", "error", "warning", "info", "debug")
+    return None if level in ok else f"must be one of {', '.join(ok)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The service's configuration. Field names are the settings' names."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    redis_url: str | None = None
+    redis_cluster: bool = False
+    redis_timeout: float = 1.0
+    redis_pool_size: int = 64
+    data_dir: Path = Path("var")
+    admin_key: str | None = None
+    secret_keys: tuple[str, ...] = ()
+    issuer: str | None = None
+    access_token_ttl: int = 3600
+    refresh_token_ttl: int = 14 * 24 * 3600
+    code_ttl: int = 60
+    reuse_tokens: bool = False
+    refresh_grace: int = 0
+    max_user_login_attempts: int = 5
+    lockout_period: int = 0
+    password_time_cost: int = 2
+    password_memory_cost: int = 19456
+    password_parallelism: int = 1
+    secret_cache_size: int = 10000
+    max_body_size: int = 65536
+    retry_after: int = 1
+    log_level: str = "info"
+
+    @property
+    def issuer_url(self) -> str:
+        """The RFC 8414 issuer: the setting, or where this process listens."""
+        return (self.issuer or f"http://{self.host}:{self.port}").rstrip("/")
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as `TOKENSVC_*` variables, so worker processes read the same values."""
+        env: dict[str, str] = {}
+        for opt in OPTIONS:
+            value = getattr(self, opt.name)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                text = "1" if value else "0"
+            elif isinstance(value, tuple):
+                text = ",".join(value)
+            else:
+                text = str(value)
+            env[ENV_PREFIX + opt.name.upper()] = text
+        return env
+
+
+def _float(raw: str) -> float:
+    return float(raw.strip())
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "Address to listen on.", _str),
+    Option("port", "TCP port to listen on.", _int, lambda v: None if 0 < v < 65536 else "must be 1-65535"),
+    Option("workers", "Worker processes.", _int, _at_least(1)),
+    Option("redis_url", "Redis URL (redis://, rediss://, unix://); none starts a private redis-server.",
+           _str, _redis_url),
+    Option("redis_cluster", "Treat the Redis URL as any node of a Redis Cluster.", _bool),
+    Option("redis_timeout", "Seconds before a Redis call counts as an outage (503).", _float,
+           lambda v: None if 0 < v <= 30 else "must be between 0 and 30 seconds"),
+    Option("redis_pool_size", "Redis connections per worker.", _int, _at_least(1)),
+    Option("data_dir", "Where the embedded Redis and generated keys live.", lambda s: Path(s.strip())),
+    Option("admin_key", "Bearer key of the admin API; generated under the data dir when unset.", _str,
+           lambda v: None if v is None or len(v) >= 16 else "must be at least 16 characters"),
+    Option("secret_keys", "Comma-separated server keys that tag tokens (newest first); "
+           "every instance must share them. Generated under the data dir when unset.", _keys,
+           _secret_keys),
+    Option("issuer", "Public base URL of the service (RFC 8414 issuer).", _str, _issuer),
+    Option("access_token_ttl", "Default access token lifetime, seconds.", _int, _at_least(1)),
+    Option("refresh_token_ttl", "Default refresh token lifetime, seconds.", _int, _at_least(1)),
+    Option("code_ttl", "Authorization code lifetime, seconds.", _int, _at_least(1)),
+    Option("reuse_tokens", "Return the still-valid token for identical requests (finAPI).", _bool),
+    Option("refresh_grace", "Seconds a just-rotated refresh token still works.", _int, _at_least(0)),
+    Option("max_user_login_attempts", "Consecutive password failures before a user is locked.",
+           _int, _at_least(1)),
+    Option("lockout_period", "Seconds a lockout lasts; 0 keeps it until an admin unlocks.", _int,
+           _at_least(0)),
+    Option("password_time_cost", "argon2id iterations for passwords and secrets.", _int, _at_least(1)),
+    Option("password_memory_cost", "argon2id memory in KiB.", _int, _at_least(8)),
+    Option("password_parallelism", "argon2id lanes.", _int, _at_least(1)),
+    Option("secret_cache_size", "Clients whose verified secret is remembered per worker.", _int,
+           _at_least(1)),
+    Option("max_body_size", "Largest request body accepted, bytes (413 beyond).", _int, _at_least(1024)),
+    Option("retry_after", "Retry-After seconds sent with 503.", _int, _at_least(1)),
+    Option("log_level", "Log level.", lambda s: s.strip().lower(), _log_level),
+)
+_BY_NAME = {opt.name: opt for opt in OPTIONS}
+
+
+def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from `TOKENSVC_*` variables, then explicit overrides (CLI flags win)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        opt = _BY_NAME.get(name)
+        if opt is None:
+            raise SettingsError(name, "unknown setting")
+        try:
+            values[name] = opt.parse(raw)
+        except ValueError as exc:
+            raise SettingsError(name, str(exc)) from None
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if name not in _BY_NAME:
+            raise SettingsError(name, "unknown setting")
+        if isinstance(value, str):
+            try:
+                value = _BY_NAME[name].parse(value)
+            except ValueError as exc:
+                raise SettingsError(name, str(exc)) from None
+        values[name] = value
+    for name, value in values.items():
+        problem = _BY_NAME[name].check(value)
+        if problem:
+            raise SettingsError(name, problem)
+    if values.get("redis_cluster") and not values.get("redis_url"):
+        raise SettingsError("redis_cluster", "needs a redis_url naming a cluster node")
+    return Settings(**values)
+
+
+def _key_file(path: Path) -> str:
+    """Read a generated key, or create it exactly once (O_EXCL) so racing workers agree."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
+def with_generated_keys(settings: Settings) -> Settings:
+    """Fill an unset admin key or server key from files under the data dir (made on first use)."""
+    changes: dict[str, Any] = {}
+    if settings.admin_key is None:
+        changes["admin_key"] = _key_file(settings.data_dir / "admin.key")
+    if not settings.secret_keys:
+        changes["secret_keys"] = (_key_file(settings.data_dir / "secret.key"),)
+    return dataclasses.replace(settings, **changes) if changes else settings

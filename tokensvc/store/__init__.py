@@ -1,0 +1,1 @@
+"""Persistence: Redis key layout, Lua scripts and the embedded redis-server."""

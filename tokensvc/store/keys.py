@@ -1,0 +1,45 @@
+"""Redis key names. Every key one atomic operation touches shares a `{...}` hash tag.
+
+- `{g:<grant id>}`: a grant's tokens, its index, its reuse record and its codes.
+- `{c:<client id>}`: a client record.
+- `{u:<user hash>}`: a user record and its failure counter. The tag is a digest of the
+  username, so no username (which may hold `{` or `}`) can move or split the slot.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+CLIENTS_INDEX = "tsv:clients"
+USERS_INDEX = "tsv:users"
+INVALIDATION_CHANNEL = "tsv:invalidate"
+
+
+def token(grant_id: str, token_digest: str) -> str:
+    return f"tsv:{{g:{grant_id}}}:t:{token_digest}"
+
+
+def grant_index(grant_id: str) -> str:
+    return f"tsv:{{g:{grant_id}}}:idx"
+
+
+def reuse(grant_id: str) -> str:
+    return f"tsv:{{g:{grant_id}}}:reuse"
+
+
+def client(client_id: str) -> str:
+    return f"tsv:{{c:{client_id}}}:client"
+
+
+def _user_tag(username: str) -> str:
+    raw = hashlib.sha256(username.encode("utf-8")).digest()[:12]
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def user(username: str) -> str:
+    return f"tsv:{{u:{_user_tag(username)}}}:user"
+
+
+def user_failures(username: str) -> str:
+    return f"tsv:{{u:{_user_tag(username)}}}:fails"

@@ -1,0 +1,52 @@
+-- rotate.lua: refresh token rotation with reuse detection (RFC 9700 §4.14.2).
+-- KEYS[1]=presented refresh key  KEYS[2]=grant index  KEYS[3]=reuse key
+-- KEYS[4]=new access key  KEYS[5]=new refresh key (all in the same {g:...} slot)
+-- ARGV[1]=client id  ARGV[2]=requested scope ('' = as originally granted)
+-- ARGV[3]=access TTL ms  ARGV[4]=refresh TTL ms  ARGV[5]=grace ms
+-- Returns {'OK', username or '', access scope, now ms} or {'UNKNOWN'|'CLIENT'|'SCOPE'|'REUSED'}.
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {'UNKNOWN'} end
+local rec = cjson.decode(raw)
+if rec.k ~= 'rt' then return {'UNKNOWN'} end
+-- RFC 6749 §6: the refresh token is bound to the client it was issued to.
+if rec.c ~= ARGV[1] then return {'CLIENT'} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if rec.rot and now - rec.rot >= tonumber(ARGV[5]) then
+  -- A rotated refresh token came back outside the grace: it leaked. End the whole grant.
+  for _, key in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    redis.call('DEL', key)
+  end
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[1])
+  return {'REUSED'}
+end
+local granted = rec.gs or rec.s
+local scope = ARGV[2]
+if scope == '' then
+  scope = granted
+else
+  -- RFC 6749 §6: the new scope MUST NOT include any scope not originally granted.
+  local have = {}
+  for s in string.gmatch(granted, '%S+') do have[s] = true end
+  for s in string.gmatch(scope, '%S+') do
+    if not have[s] then return {'SCOPE'} end
+  end
+end
+local at_ttl = tonumber(ARGV[3])
+local rt_ttl = tonumber(ARGV[4])
+local user = rec.u
+local access = {k = 'at', c = rec.c, u = user, s = scope, g = rec.g, iat = now, exp = now + at_ttl}
+local refresh = {k = 'rt', c = rec.c, u = user, s = granted, gs = granted, g = rec.g,
+                 iat = now, exp = now + rt_ttl}
+if not rec.rot then
+  rec.rot = now
+  redis.call('SET', KEYS[1], cjson.encode(rec), 'KEEPTTL')
+end
+redis.call('SET', KEYS[4], cjson.encode(access), 'PX', at_ttl)
+redis.call('SET', KEYS[5], cjson.encode(refresh), 'PX', rt_ttl)
+redis.call('SADD', KEYS[2], KEYS[4], KEYS[5])
+if redis.call('PTTL', KEYS[2]) < rt_ttl then
+  redis.call('PEXPIRE', KEYS[2], rt_ttl)
+end
+redis.call('DEL', KEYS[3])
+return {'OK', user or '', scope, now}

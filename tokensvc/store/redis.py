@@ -1,0 +1,251 @@
+"""RedisStore: every read and write of tokens, clients and users, one method per operation.
+
+Atomic operations are Lua scripts under `lua/`, loaded once and called by SHA (redis-py's
+Script falls back to loading on NOSCRIPT, so a restarted Redis heals by itself). Redis
+errors become StoreUnavailable here and nowhere else, so the HTTP layer answers 503.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
+from importlib import resources
+from typing import Any, ParamSpec, TypeVar
+
+import orjson
+from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError, RedisError, TimeoutError
+
+from tokensvc.errors import StoreUnavailable
+from tokensvc.models import Client, TokenRecord, User
+from tokensvc.store import keys
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def map_redis_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn any Redis failure (down, slow, read-only, OOM) into StoreUnavailable."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    return wrapper
+
+
+def _script(name: str) -> str:
+    return resources.files("tokensvc.store").joinpath("lua", f"{name}.lua").read_text()
+
+
+def connect(url: str, *, timeout: float, pool_size: int) -> aioredis.Redis:
+    """A client whose every call ends within about `timeout` seconds, up or down."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=pool_size,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=10,
+    )
+    # One immediate retry re-dials a pooled connection that a Redis restart has cut.
+    return aioredis.Redis(
+        connection_pool=pool,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[RedisConnectionError, TimeoutError],
+    )
+
+
+def token_record(raw: bytes | str | None, kind: str | None = None) -> TokenRecord | None:
+    """Decode a stored token record; None for absent or of another kind."""
+    if raw is None:
+        return None
+    d = orjson.loads(raw)
+    if kind is not None and d["k"] != kind:
+        return None
+    return TokenRecord(
+        kind=d["k"], client_id=d["c"], username=d.get("u"), scope=d["s"], grant_id=d["g"],
+        issued_at=int(d["iat"]), expires_at=int(d["exp"]), rotated_at=d.get("rot"),
+    )
+
+
+def encode_record(kind: str, client_id: str, username: str | None, scope: str, grant_id: str,
+                  issued_at: int, ttl_ms: int) -> bytes:
+    """The stored form of a token: short keys, since there is one per live token."""
+    d: dict[str, Any] = {"k": kind, "c": client_id, "s": scope, "g": grant_id,
+                         "iat": issued_at, "exp": issued_at + ttl_ms}
+    if username is not None:
+        d["u"] = username
+    if kind == "rt":
+        d["gs"] = scope
+    return orjson.dumps(d)
+
+
+def _client_from(raw: bytes) -> Client:
+    d = orjson.loads(raw)
+    for name in ("grant_types", "scopes", "redirect_uris"):
+        d[name] = tuple(d[name])
+    return Client(**d)
+
+
+def _user_from(raw: bytes) -> User:
+    return User(**orjson.loads(raw))
+
+
+class RedisStore:
+    """The single place tokensvc talks to Redis."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._issue = redis.register_script(_script("issue"))
+        self._reuse = redis.register_script(_script("reuse"))
+        self._rotate = redis.register_script(_script("rotate"))
+        self._revoke = redis.register_script(_script("revoke"))
+        self._login_failure = redis.register_script(_script("login_failure"))
+        self._scripts = (self._issue, self._reuse, self._rotate, self._revoke, self._login_failure)
+
+    @map_redis_errors
+    async def load_scripts(self) -> None:
+        """SCRIPT LOAD once at start-up so the hot path is EVALSHA only."""
+        for script in self._scripts:
+            script.sha = await self.redis.script_load(script.script)
+
+    @map_redis_errors
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def close(self) -> None:
+        await self.redis.aclose(close_connection_pool=True)
+
+    # -- tokens -------------------------------------------------------------------------
+
+    @map_redis_errors
+    async def put_token(self, key: str, record: bytes, ttl_ms: int) -> None:
+        """A lone token (client_credentials): one SET, nothing else to keep consistent."""
+        await self.redis.set(key, record, px=ttl_ms)
+
+    @map_redis_errors
+    async def issue(self, grant_id: str, tokens: Sequence[tuple[str, bytes, int]]) -> None:
+        """Write a grant's tokens and index them (issue.lua)."""
+        args: list[Any] = [max(ttl for _, _, ttl in tokens)]
+        for _, record, ttl in tokens:
+            args += [record, ttl]
+        await self._issue(keys=[keys.grant_index(grant_id), *(k for k, _, _ in tokens)], args=args)
+
+    @map_redis_errors
+    async def reuse_or_issue(self, grant_id: str, reuse_record: bytes, reuse_ttl_ms: int,
+                             tokens: Sequence[tuple[str, bytes, int]]) -> tuple[bytes, int] | None:
+        """The live reusable record and its ms left, or None after writing the new tokens."""
+        args: list[Any] = [reuse_record, reuse_ttl_ms, max(ttl for _, _, ttl in tokens)]
+        for _, record, ttl in tokens:
+            args += [record, ttl]
+        found = await self._reuse(
+            keys=[keys.reuse(grant_id), keys.grant_index(grant_id), *(k for k, _, _ in tokens)],
+            args=args,
+        )
+        if not found:
+            return None
+        return found[0], int(found[1])
+
+    @map_redis_errors
+    async def get_token(self, grant_id: str, token_digest: str) -> bytes | None:
+        raw: bytes | None = await self.redis.get(keys.token(grant_id, token_digest))
+        return raw
+
+    @map_redis_errors
+    async def rotate(self, grant_id: str, presented: str, new_access: str, new_refresh: str,
+                     client_id: str, scope: str, access_ttl_ms: int, refresh_ttl_ms: int,
+                     grace_ms: int) -> list[str]:
+        """rotate.lua; the answer's first item names the outcome."""
+        out = await self._rotate(
+            keys=[keys.token(grant_id, presented), keys.grant_index(grant_id), keys.reuse(grant_id),
+                  keys.token(grant_id, new_access), keys.token(grant_id, new_refresh)],
+            args=[client_id, scope, access_ttl_ms, refresh_ttl_ms, grace_ms],
+        )
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in out]
+
+    @map_redis_errors
+    async def revoke(self, grant_id: str, token_digest: str, client_id: str, whole_grant: bool,
+                     username: str | None = None) -> str:
+        """revoke.lua: 'OK', 'UNKNOWN' or 'FORBIDDEN'."""
+        out = await self._revoke(
+            keys=[keys.token(grant_id, token_digest), keys.grant_index(grant_id),
+                  keys.reuse(grant_id)],
+            args=[client_id, "grant" if whole_grant else "token", username or ""],
+        )
+        return out.decode() if isinstance(out, bytes) else str(out)
+
+    # -- clients ------------------------------------------------------------------------
+
+    @map_redis_errors
+    async def get_client(self, client_id: str) -> Client | None:
+        raw = await self.redis.get(keys.client(client_id))
+        return None if raw is None else _client_from(raw)
+
+    @map_redis_errors
+    async def put_client(self, client: Client, *, new: bool) -> bool:
+        """Create (only if absent) or replace (only if present) a client, then tell every instance."""
+        written = await self.redis.set(keys.client(client.client_id), orjson.dumps(asdict(client)),
+                                       nx=new, xx=not new)
+        if not written:
+            return False
+        if new:
+            await self.redis.zadd(keys.CLIENTS_INDEX, {client.client_id: client.created_at})
+        else:
+            await self.redis.publish(keys.INVALIDATION_CHANNEL, client.client_id)
+        return True
+
+    @map_redis_errors
+    async def delete_client(self, client_id: str) -> bool:
+        """Revoke a client: its record goes, so every token it holds fails its client check."""
+        removed = await self.redis.delete(keys.client(client_id))
+        await self.redis.zrem(keys.CLIENTS_INDEX, client_id)
+        await self.redis.publish(keys.INVALIDATION_CHANNEL, client_id)
+        return bool(removed)
+
+    @map_redis_errors
+    async def list_clients(self, offset: int, limit: int) -> tuple[list[Client], int]:
+        """Clients newest first, and how many there are."""
+        ids = await self.redis.zrevrange(keys.CLIENTS_INDEX, offset, offset + limit - 1)
+        total = await self.redis.zcard(keys.CLIENTS_INDEX)
+        if not ids:
+            return [], int(total)
+        raws = await self.redis.mget([keys.client(i.decode()) for i in ids])
+        return [_client_from(r) for r in raws if r is not None], int(total)
+
+    # -- users --------------------------------------------------------------------------
+
+    @map_redis_errors
+    async def get_user(self, username: str) -> tuple[User | None, int]:
+        """The user and their consecutive failed logins, in one round trip (same slot)."""
+        raw, fails = await self.redis.mget([keys.user(username), keys.user_failures(username)])
+        return (None if raw is None else _user_from(raw)), int(fails or 0)
+
+    @map_redis_errors
+    async def put_user(self, user: User, *, new: bool) -> bool:
+        written = await self.redis.set(keys.user(user.username), orjson.dumps(asdict(user)),
+                                       nx=new, xx=not new)
+        if written and new:
+            await self.redis.zadd(keys.USERS_INDEX, {user.username: user.created_at})
+        return bool(written)
+
+    @map_redis_errors
+    async def delete_user(self, username: str) -> bool:
+        removed = await self.redis.delete(keys.user(username), keys.user_failures(username))
+        await self.redis.zrem(keys.USERS_INDEX, username)
+        return bool(removed)
+
+    @map_redis_errors
+    async def login_failed(self, username: str, lockout_ms: int) -> int:
+        """Count a failed login (login_failure.lua); returns the consecutive failures."""
+        return int(await self._login_failure(keys=[keys.user_failures(username)], args=[lockout_ms]))
+
+    @map_redis_errors
+    async def reset_failures(self, username: str) -> None:
+        await self.redis.delete(keys.user_failures(username))
