@@ -141,7 +141,7 @@ class ClientDirectory:
             finally:
                 self._live = False
                 try:
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
                     await sub.aclose()
                 except Exception:  # the connection is already gone; nothing to release
                     pass

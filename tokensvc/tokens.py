@@ -132,7 +132,8 @@ class TokenCodec:
             raw = base64.urlsafe_b64decode(token[_PREFIX_LEN:] + "=")
         except (binascii.Error, ValueError):
             return None
-        if len(raw) != _RAW_LEN:
+        # Refuse non-canonical spellings (other padding bits) so each token has one form.
+        if len(raw) != _RAW_LEN or _b64(raw) != token[_PREFIX_LEN:]:
             return None
         head, tag = raw[:-_TAG], raw[-_TAG:]
         for mac in self._macs:

@@ -87,14 +87,14 @@ def encode_record(kind: str, client_id: str, username: str | None, scope: str, g
     return orjson.dumps(d)
 
 
-def _client_from(raw: bytes) -> Client:
+def _client_from(raw: bytes | str) -> Client:
     d = orjson.loads(raw)
     for name in ("grant_types", "scopes", "redirect_uris"):
         d[name] = tuple(d[name])
     return Client(**d)
 
 
-def _user_from(raw: bytes) -> User:
+def _user_from(raw: bytes | str) -> User:
     return User(**orjson.loads(raw))
 
 
@@ -155,8 +155,8 @@ class RedisStore:
 
     @map_redis_errors
     async def get_token(self, grant_id: str, token_digest: str) -> bytes | None:
-        raw: bytes | None = await self.redis.get(keys.token(grant_id, token_digest))
-        return raw
+        raw = await self.redis.get(keys.token(grant_id, token_digest))
+        return raw.encode() if isinstance(raw, str) else raw
 
     @map_redis_errors
     async def rotate(self, grant_id: str, presented: str, new_access: str, new_refresh: str,
@@ -216,7 +216,8 @@ class RedisStore:
         total = await self.redis.zcard(keys.CLIENTS_INDEX)
         if not ids:
             return [], int(total)
-        raws = await self.redis.mget([keys.client(i.decode()) for i in ids])
+        names = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        raws = await self.redis.mget([keys.client(name) for name in names])
         return [_client_from(r) for r in raws if r is not None], int(total)
 
     # -- users --------------------------------------------------------------------------
