@@ -71,6 +71,11 @@ class ClientDirectory:
         client = await self.store.get_client(client_id)
         # Cache only if no invalidation arrived while we read: else the record may be stale.
         if client is not None and self._live and epoch == self._epoch:
+            entry = self._entries.get(client_id)
+            if entry is not None:
+                # A concurrent read cached it first, as fresh as ours: keep that entry (and any
+                # secret verified on it), and hand out its record so check_secret can match it.
+                return entry.client
             if len(self._entries) >= self.size:
                 self._entries.pop(next(iter(self._entries)))
             self._entries[client_id] = _Entry(client)
@@ -114,7 +119,9 @@ class ClientDirectory:
         while True:
             # Its own client with no silent retry: a broken subscription must surface here,
             # because messages published while it was down are lost.
-            sub = aioredis.Redis.from_url(url, socket_connect_timeout=timeout, socket_keepalive=True,
+            # TCP keepalive only for TCP: redis-py refuses the option for unix:// (embedded Redis).
+            keepalive = {} if url.startswith("unix:") else {"socket_keepalive": True}
+            sub = aioredis.Redis.from_url(url, socket_connect_timeout=timeout, **keepalive,
                                           health_check_interval=5, retry=Retry(NoBackoff(), 0))
             pubsub = sub.pubsub()
             try:
@@ -128,7 +135,11 @@ class ClientDirectory:
                         self._live = True
                         backoff = 0.05
                     elif msg["type"] == "message":
-                        self._forget(msg["data"].decode())
+                        # "<client id>" or "<client id> <nonce>": the writer waits for the nonce.
+                        client_id, _, nonce = msg["data"].decode().partition(" ")
+                        self._forget(client_id)
+                        if nonce:
+                            await self.store.confirm_invalidation(nonce)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure: stop trusting the cache, then retry

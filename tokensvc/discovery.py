@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from tokensvc.errors import StoreUnavailable
 from tokensvc.grants import GRANTS
-from tokensvc.responses import json_response
+from tokensvc.responses import error_body, json_response
 from tokensvc.services import Services
 
 _AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
@@ -46,7 +46,9 @@ class DiscoveryEndpoints:
         try:
             await self.svc.store.ping()
         except StoreUnavailable:
-            return json_response({"status": "unavailable", "redis": False}, 503,
-                                 {"Retry-After": str(self.svc.settings.retry_after)})
+            body = {**error_body("temporarily_unavailable", "Storage is unavailable; retry shortly."),
+                    "status": "unavailable", "redis": False}
+            return json_response(body, 503, {"Retry-After": str(self.svc.settings.retry_after)},
+                                 no_store=True)
         return json_response({"status": "ok", "redis": True,
                               "invalidation": self.svc.clients.live})

@@ -109,16 +109,17 @@ class OAuthEndpoints:
         record = await svc.issuer.active(token)
         if record is None:
             return json_response({"active": False}, no_store=True)
-        body: dict[str, object] = {
-            "active": True,
-            "scope": record.scope,
+        body: dict[str, object] = {"active": True}
+        if record.scope:  # RFC 7662 §2.2: optional; "" would read as one empty scope
+            body["scope"] = record.scope
+        body.update({
             "client_id": record.client_id,
             "token_type": "Bearer" if record.kind == ACCESS else "refresh_token",
             "exp": record.expires_at // 1000,
             "iat": record.issued_at // 1000,
             "sub": record.username or record.client_id,
             "iss": svc.settings.issuer_url,
-        }
+        })
         if record.username is not None:
             body["username"] = record.username
         return json_response(body, no_store=True)

@@ -49,13 +49,24 @@ def _json_pairs(body: bytes) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     for name, value in doc.items():
         if value is None:
+            _utf8(name)
             continue
         if isinstance(value, list) and name == "scope" and all(isinstance(v, str) for v in value):
             value = " ".join(value)
+        _utf8(name)
         if not isinstance(value, str):
             raise InvalidRequest(f"The parameter '{name}' must be a string.")
+        _utf8(value)
         pairs.append((name, value))
     return pairs
+
+
+def _utf8(text: str) -> None:
+    """JSON's `\\ud800` escapes decode to lone surrogates, which no UTF-8 consumer accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest("The JSON body holds a string that is not valid Unicode.") from None
 
 
 def parse_form(body: bytes) -> list[tuple[str, str]]:

@@ -21,6 +21,8 @@ from tokensvc.store.redis import RedisStore
 
 SECRET_PREFIX = "tsv_cs_"
 _CONFIG_INTS = ("access_token_ttl", "refresh_token_ttl", "max_user_login_attempts")
+# Ten years: a lifetime must fit Redis' PX and the 64-bit `exp` of a token record.
+MAX_TTL = 10 * 365 * 86400
 _EDITABLE = ("name", "redirect_uris", "scopes", "grant_types", "website",
              "reuse_tokens", "require_verified_users", *_CONFIG_INTS)
 
@@ -82,6 +84,8 @@ def _config(doc: Mapping[str, Any]) -> dict[str, Any]:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 1):
                 raise InvalidRequest(f"'{name}' must be a positive integer or null.")
+            if name.endswith("_ttl") and value is not None and value > MAX_TTL:
+                raise InvalidRequest(f"'{name}' must be at most {MAX_TTL} seconds (ten years).")
             out[name] = value
     if "reuse_tokens" in doc:
         if doc["reuse_tokens"] is not None and not isinstance(doc["reuse_tokens"], bool):

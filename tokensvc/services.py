@@ -27,7 +27,8 @@ class Services:
         if settings.redis_url is None:
             raise ValueError("a Redis URL is required (the CLI starts an embedded one)")
         store = RedisStore(connect(settings.redis_url, timeout=settings.redis_timeout,
-                                   pool_size=settings.redis_pool_size))
+                                   pool_size=settings.redis_pool_size),
+                           ack_timeout=settings.redis_timeout)
         codec = TokenCodec(settings.secret_keys)
         hasher = Hasher(settings.password_time_cost, settings.password_memory_cost,
                         settings.password_parallelism)

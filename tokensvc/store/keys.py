@@ -14,6 +14,7 @@ import hashlib
 CLIENTS_INDEX = "tsv:clients"
 USERS_INDEX = "tsv:users"
 INVALIDATION_CHANNEL = "tsv:invalidate"
+INVALIDATED_CHANNEL = "tsv:invalidated"  # instances confirm here that they dropped a client
 
 
 def token(grant_id: str, token_digest: str) -> str:

@@ -7,7 +7,10 @@ errors become StoreUnavailable here and nowhere else, so the HTTP layer answers 
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from importlib import resources
@@ -17,11 +20,13 @@ import orjson
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError, RedisError, TimeoutError
+from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
 
 from tokensvc.errors import StoreUnavailable
 from tokensvc.models import Client, TokenRecord, User
 from tokensvc.store import keys
+
+log = logging.getLogger("tokensvc.store")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -46,6 +51,9 @@ def _script(name: str) -> str:
 
 def connect(url: str, *, timeout: float, pool_size: int) -> aioredis.Redis:
     """A client whose every call ends within about `timeout` seconds, up or down."""
+    # One immediate retry re-dials a pooled connection that a Redis restart has cut. It must be
+    # set on the pool: redis-py ignores the client's retry settings when given a pool. A timeout
+    # is not retried: Redis is slow or hung, and a second wait would only delay the 503.
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=pool_size,
@@ -53,13 +61,9 @@ def connect(url: str, *, timeout: float, pool_size: int) -> aioredis.Redis:
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=10,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
-    # One immediate retry re-dials a pooled connection that a Redis restart has cut.
-    return aioredis.Redis(
-        connection_pool=pool,
-        retry=Retry(NoBackoff(), 1),
-        retry_on_error=[RedisConnectionError, TimeoutError],
-    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 def token_record(raw: bytes | str | None, kind: str | None = None) -> TokenRecord | None:
@@ -101,8 +105,9 @@ def _user_from(raw: bytes | str) -> User:
 class RedisStore:
     """The single place tokensvc talks to Redis."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, ack_timeout: float = 1.0) -> None:
         self.redis = redis
+        self.ack_timeout = ack_timeout
         self._issue = redis.register_script(_script("issue"))
         self._reuse = redis.register_script(_script("reuse"))
         self._rotate = redis.register_script(_script("rotate"))
@@ -198,7 +203,7 @@ class RedisStore:
         if new:
             await self.redis.zadd(keys.CLIENTS_INDEX, {client.client_id: client.created_at})
         else:
-            await self.redis.publish(keys.INVALIDATION_CHANNEL, client.client_id)
+            await self._invalidate(client.client_id)
         return True
 
     @map_redis_errors
@@ -206,8 +211,39 @@ class RedisStore:
         """Revoke a client: its record goes, so every token it holds fails its client check."""
         removed = await self.redis.delete(keys.client(client_id))
         await self.redis.zrem(keys.CLIENTS_INDEX, client_id)
-        await self.redis.publish(keys.INVALIDATION_CHANNEL, client_id)
+        await self._invalidate(client_id)
         return bool(removed)
+
+    async def _invalidate(self, client_id: str) -> None:
+        """Tell every instance to drop its cached copy of the client, and wait (at most
+        `ack_timeout`) until each instance subscribed at that moment confirms it has: a
+        published message is only in flight, and the very next request on another instance
+        must already see the change. Unsubscribed instances do not trust their cache anyway."""
+        nonce = secrets.token_urlsafe(12)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ack_timeout
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(keys.INVALIDATED_CHANNEL)
+            subscribed = False  # listen before announcing, so no confirmation is missed
+            while not subscribed and (left := deadline - loop.time()) > 0:
+                msg = await pubsub.get_message(timeout=left)
+                subscribed = msg is not None and msg["type"] == "subscribe"
+            waiting = int(await self.redis.publish(keys.INVALIDATION_CHANNEL, f"{client_id} {nonce}"))
+            while waiting > 0 and (left := deadline - loop.time()) > 0:
+                msg = await pubsub.get_message(timeout=left)
+                if msg is not None and msg["type"] == "message" and msg["data"] == nonce.encode():
+                    waiting -= 1
+            if waiting > 0:
+                log.warning("%d instance(s) did not confirm dropping client %s in time",
+                            waiting, client_id)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    @map_redis_errors
+    async def confirm_invalidation(self, nonce: str) -> None:
+        """An instance dropped the client named in the message carrying this nonce."""
+        await self.redis.publish(keys.INVALIDATED_CHANNEL, nonce)
 
     @map_redis_errors
     async def list_clients(self, offset: int, limit: int) -> tuple[list[Client], int]:

@@ -45,8 +45,10 @@ end
 redis.call('SET', KEYS[4], cjson.encode(access), 'PX', at_ttl)
 redis.call('SET', KEYS[5], cjson.encode(refresh), 'PX', rt_ttl)
 redis.call('SADD', KEYS[2], KEYS[4], KEYS[5])
-if redis.call('PTTL', KEYS[2]) < rt_ttl then
-  redis.call('PEXPIRE', KEYS[2], rt_ttl)
+-- The index must outlive every token it lists (Gofundo: access 2 weeks, refresh 1 hour).
+local keep = math.max(at_ttl, rt_ttl)
+if redis.call('PTTL', KEYS[2]) < keep then
+  redis.call('PEXPIRE', KEYS[2], keep)
 end
 redis.call('DEL', KEYS[3])
 return {'OK', user or '', scope, now}

@@ -1,0 +1,47 @@
+# Set-up, run and test targets. `make run` and `make test` work from a fresh clone: they build
+# .venv, make sure redis-server is installed, and go.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Touched after a successful install, so the venv is rebuilt only when pyproject.toml changes.
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: venv redis run check test test-fast
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
+		"tokensvc needs Python >= 3.11; $(PYTHON) is " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+# The service starts its own redis-server (tests do too), so it must be on PATH.
+redis:
+	@if command -v redis-server >/dev/null 2>&1; then \
+		echo "redis-server: $$(command -v redis-server)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "redis-server is missing; installing it with apt-get"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; \
+	else \
+		echo "redis-server is not on PATH. Install it:" >&2; \
+		echo "  Debian/Ubuntu: sudo apt-get install redis-server" >&2; \
+		echo "  macOS:         brew install redis" >&2; \
+		exit 1; \
+	fi
+
+run: venv redis
+	$(BIN)/tokensvc serve $(ARGS)
+
+check: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: venv redis check
+	$(BIN)/pytest $(ARGS)
+
+test-fast: venv redis check
+	$(BIN)/pytest -m "not slow" $(ARGS)

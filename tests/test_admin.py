@@ -1,0 +1,546 @@
+"""The admin JSON API: clients (with finAPI configuration) and users, behind the admin key."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import ADMIN, SECRET_KEY, cc_token, new_client, new_user, password_token
+from tokensvc.store import keys
+from tokensvc.tokens import TokenCodec
+
+CODEC = TokenCodec([SECRET_KEY])
+CLIENT_FIELDS = {"client_id", "name", "token_endpoint_auth_method", "grant_types", "scopes",
+                 "redirect_uris", "website", "created_at", "access_token_ttl", "refresh_token_ttl",
+                 "reuse_tokens", "max_user_login_attempts", "require_verified_users"}
+
+
+def error(name: str, description: str) -> dict[str, str]:
+    return {"error": name, "error_description": description, "message": description}
+
+
+def assert_json(resp: httpx.Response, status: int, *, no_store: bool = False) -> Any:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == "application/json"
+    if no_store:
+        assert resp.headers["cache-control"] == "no-store" and resp.headers["pragma"] == "no-cache"
+    return resp.json()
+
+
+def assert_error(resp: httpx.Response, status: int, name: str, description: str) -> None:
+    assert assert_json(resp, status, no_store=True) == error(name, description)
+
+
+def assert_no_secret(doc: Any) -> None:
+    """No secret-bearing member, and no hash, anywhere in an admin answer."""
+    if isinstance(doc, dict):
+        assert not {"client_secret", "secret_hash", "password", "password_hash"} & set(doc)
+        for value in doc.values():
+            assert_no_secret(value)
+    elif isinstance(doc, list):
+        for value in doc:
+            assert_no_secret(value)
+    else:
+        assert "$argon2" not in str(doc)
+
+
+def token_key(token: str) -> str:
+    parsed = CODEC.parse(token)
+    assert parsed is not None
+    return keys.token(parsed.grant_id, parsed.digest)
+
+
+# -- the admin key ----------------------------------------------------------------------------
+
+
+ADMIN_ROUTES = [
+    ("GET", "/admin/clients"), ("POST", "/admin/clients"), ("GET", "/admin/clients/x"),
+    ("PATCH", "/admin/clients/x"), ("DELETE", "/admin/clients/x"), ("POST", "/admin/clients/x/secret"),
+    ("POST", "/admin/users"), ("GET", "/admin/users/x"), ("PATCH", "/admin/users/x"),
+    ("DELETE", "/admin/users/x"), ("POST", "/admin/users/x/unlock"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
+@pytest.mark.parametrize("authorization", [
+    None, "Bearer wrong-admin-key-0123456789", "Bearer ", "Bearer test-admin-key-012345678",
+    "Bearer test-admin-key-01234567890", "Basic dGVzdC1hZG1pbi1rZXktMDEyMzQ1Njc4OQ==",
+], ids=["none", "wrong", "empty", "prefix", "longer", "basic"])
+async def test_admin_key_required(http: httpx.AsyncClient, redis_db: redis.Redis, method: str,
+                                  path: str, authorization: str | None) -> None:
+    before = sorted(redis_db.scan_iter())
+    headers = {} if authorization is None else {"Authorization": authorization}
+    resp = await http.request(method, path, headers=headers, json={"name": "x", "username": "x",
+                                                                    "password": "12345678"})
+    description = "The admin key is missing or wrong."
+    assert_error(resp, 401, "invalid_token", description)
+    assert resp.headers["www-authenticate"] == (
+        f'Bearer realm="tokensvc", error="invalid_token", error_description="{description}"')
+    assert sorted(redis_db.scan_iter()) == before
+
+
+async def test_a_client_token_is_not_the_admin_key(http: httpx.AsyncClient) -> None:
+    client = await new_client(http)
+    token = (await cc_token(http, client)).json()["access_token"]
+    resp = await http.get("/admin/clients", headers={"Authorization": f"Bearer {token}"})
+    assert_error(resp, 401, "invalid_token", "The admin key is missing or wrong.")
+
+
+# -- clients ----------------------------------------------------------------------------------
+
+
+async def test_create_client_shows_the_secret_once(http: httpx.AsyncClient,
+                                                   redis_db: redis.Redis) -> None:
+    before = int(time.time())
+    resp = await http.post("/admin/clients", headers=ADMIN, json={
+        "name": "Gofundo koppeling", "redirect_uris": ["https://app.example/cb"],
+        "scopes": ["read", "write"], "grant_types": ["client_credentials"],
+        "website": "https://app.example"})
+    created = assert_json(resp, 201, no_store=True)
+    secret = created["client_secret"]
+    assert secret.startswith("tsv_cs_") and len(secret) >= 7 + 43  # at least 256 bits
+    assert created == {
+        "client_id": created["client_id"], "client_secret": secret, "name": "Gofundo koppeling",
+        "token_endpoint_auth_method": "client_secret_basic",
+        "grant_types": ["client_credentials"], "scopes": ["read", "write"],
+        "redirect_uris": ["https://app.example/cb"], "website": "https://app.example",
+        "created_at": created["created_at"], "access_token_ttl": None, "refresh_token_ttl": None,
+        "reuse_tokens": None, "max_user_login_attempts": None, "require_verified_users": False,
+    }
+    assert before <= created["created_at"] <= int(time.time())
+    # The secret works ...
+    assert (await cc_token(http, created)).status_code == 200
+    # ... and is never shown again.
+    view = {k: v for k, v in created.items() if k != "client_secret"}
+    got = await http.get(f"/admin/clients/{created['client_id']}", headers=ADMIN)
+    assert assert_json(got, 200) == view
+    listed = assert_json(await http.get("/admin/clients", headers=ADMIN), 200)
+    assert listed == {"clients": [view], "total": 1, "offset": 0, "limit": 100}
+    patched = await http.patch(f"/admin/clients/{created['client_id']}", headers=ADMIN,
+                               json={"name": "renamed"})
+    assert assert_json(patched, 200) == {**view, "name": "renamed"}
+    for doc in (got.json(), listed, patched.json()):
+        assert_no_secret(doc)
+    # Stored only as an argon2id hash.
+    stored = redis_db.get(keys.client(created["client_id"]))
+    assert stored is not None and secret.encode() not in stored and b'"$argon2id$' in stored
+
+
+async def test_create_client_defaults_and_public_clients(http: httpx.AsyncClient) -> None:
+    plain = assert_json(await http.post("/admin/clients", headers=ADMIN, json={"name": "n"}), 201)
+    assert plain["grant_types"] == ["client_credentials", "password", "refresh_token"]
+    assert plain["scopes"] == [] and plain["redirect_uris"] == [] and plain["website"] is None
+    public = assert_json(await http.post("/admin/clients", headers=ADMIN, json={
+        "name": "spa", "token_endpoint_auth_method": "none"}), 201, no_store=True)
+    assert set(public) == CLIENT_FIELDS  # no client_secret member at all
+    assert public["grant_types"] == ["password", "refresh_token"]
+    assert public["token_endpoint_auth_method"] == "none"
+
+
+@pytest.mark.parametrize(("doc", "description"), [
+    ({}, "'name' is required."),
+    ({"name": ""}, "'name' must be a non-empty string of at most 200 characters."),
+    ({"name": "n", "token_endpoint_auth_method": "private_key_jwt"},
+     "token_endpoint_auth_method must be one of client_secret_basic, client_secret_post, none."),
+    ({"name": "n", "token_endpoint_auth_method": "none", "grant_types": ["client_credentials"]},
+     "a public client cannot use client_credentials (RFC 6749 §4.4)."),
+    ({"name": "n", "redirect_uris": ["https://a.example/cb#x"]},
+     "redirect URI 'https://a.example/cb#x' must not have a fragment."),
+    ({"name": "n", "access_token_ttl": -1}, "'access_token_ttl' must be a positive integer or null."),
+    ({"name": "n", "access_token_ttl": 2 ** 62},
+     "'access_token_ttl' must be at most 315360000 seconds (ten years)."),
+])
+async def test_create_client_refuses_bad_values(http: httpx.AsyncClient, redis_db: redis.Redis,
+                                                doc: dict[str, Any], description: str) -> None:
+    resp = await http.post("/admin/clients", headers=ADMIN, json=doc)
+    assert_error(resp, 400, "invalid_request", description)
+    assert list(redis_db.scan_iter()) == []
+
+
+async def test_list_shows_only_active_clients(http: httpx.AsyncClient) -> None:
+    first = await new_client(http, name="first")
+    second = await new_client(http, name="second")
+    third = await new_client(http, name="third")
+    listed = assert_json(await http.get("/admin/clients", headers=ADMIN), 200)
+    assert listed["total"] == 3 and (listed["offset"], listed["limit"]) == (0, 100)
+    assert {c["client_id"] for c in listed["clients"]} == {
+        first["client_id"], second["client_id"], third["client_id"]}
+    for c in listed["clients"]:
+        assert set(c) == CLIENT_FIELDS
+
+    deleted = await http.delete(f"/admin/clients/{second['client_id']}", headers=ADMIN)
+    assert deleted.status_code == 204 and deleted.content == b""
+
+    listed = assert_json(await http.get("/admin/clients", headers=ADMIN), 200)
+    assert listed["total"] == 2
+    assert {c["client_id"] for c in listed["clients"]} == {first["client_id"], third["client_id"]}
+    page = assert_json(await http.get("/admin/clients", params={"offset": 1, "limit": 1},
+                                      headers=ADMIN), 200)
+    assert page["total"] == 2 and (page["offset"], page["limit"]) == (1, 1)
+    assert len(page["clients"]) == 1 and page["clients"][0] in listed["clients"]
+
+
+@pytest.mark.parametrize("params", [{"offset": "-1"}, {"limit": "0"}, {"limit": "1001"},
+                                    {"offset": "x"}, {"limit": "1.5"}])
+async def test_list_refuses_bad_paging(http: httpx.AsyncClient, params: dict[str, str]) -> None:
+    resp = await http.get("/admin/clients", params=params, headers=ADMIN)
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_request"
+
+
+async def test_patch_name_uris_scopes_and_website(http: httpx.AsyncClient) -> None:
+    client = await new_client(http, redirect_uris=["https://a.example/cb"])
+    resp = await http.patch(f"/admin/clients/{client['client_id']}", headers=ADMIN, json={
+        "name": "OmniFund app", "redirect_uris": ["https://b.example/cb", "http://localhost:8080/cb"],
+        "scopes": ["accounts:read"], "website": "https://b.example"})
+    view = assert_json(resp, 200)
+    expected = {k: v for k, v in client.items() if k != "client_secret"}
+    expected.update({"name": "OmniFund app",
+                     "redirect_uris": ["https://b.example/cb", "http://localhost:8080/cb"],
+                     "scopes": ["accounts:read"], "website": "https://b.example"})
+    assert view == expected
+    assert assert_json(await http.get(f"/admin/clients/{client['client_id']}", headers=ADMIN),
+                       200) == expected
+    # The new scopes are in force at once.
+    token = await cc_token(http, client)
+    assert token.status_code == 200 and token.json()["scope"] == "accounts:read"
+    refused = await cc_token(http, client, scope="read")
+    assert_error(refused, 400, "invalid_scope", "The client may not request scope: read.")
+
+
+async def test_patch_configuration_takes_effect(http: httpx.AsyncClient,
+                                                redis_db: redis.Redis) -> None:
+    client = await new_client(http)
+    await new_user(http)
+    await new_user(http, "bob", verified=False)
+    resp = await http.patch(f"/admin/clients/{client['client_id']}", headers=ADMIN, json={
+        "access_token_ttl": 120, "refresh_token_ttl": 600, "reuse_tokens": True,
+        "max_user_login_attempts": 2, "require_verified_users": True})
+    view = assert_json(resp, 200)
+    assert (view["access_token_ttl"], view["refresh_token_ttl"], view["reuse_tokens"],
+            view["max_user_login_attempts"], view["require_verified_users"]) == (120, 600, True, 2, True)
+
+    first = (await cc_token(http, client)).json()
+    assert first["expires_in"] == 120
+    assert 0 < redis_db.pttl(token_key(first["access_token"])) <= 120_000
+    assert (await cc_token(http, client)).json()["access_token"] == first["access_token"]  # reuse
+    user = (await password_token(http, client)).json()
+    assert user["expires_in"] == 120
+    assert 120_000 < redis_db.pttl(token_key(user["refresh_token"])) <= 600_000
+
+    unverified = await password_token(http, client, username="bob")
+    assert_error(unverified, 403, "access_denied",
+                 "The user is not verified, and this client requires verified users.")
+
+    wrong = await password_token(http, client, password="wrong password")
+    assert_error(wrong, 400, "invalid_grant", "Invalid username or password.")
+    locked = await password_token(http, client, password="wrong password")
+    assert_error(locked, 423, "user_locked", "The user is locked after too many failed logins.")
+    still = await password_token(http, client)
+    assert_error(still, 423, "user_locked", "The user is locked after too many failed logins.")
+
+    # null goes back to the global defaults.
+    resp = await http.patch(f"/admin/clients/{client['client_id']}", headers=ADMIN, json={
+        "access_token_ttl": None, "reuse_tokens": None, "require_verified_users": False})
+    view = assert_json(resp, 200)
+    assert (view["access_token_ttl"], view["reuse_tokens"], view["require_verified_users"]) == \
+        (None, None, False)
+    again = (await cc_token(http, client)).json()
+    assert again["expires_in"] == 3600 and again["access_token"] != first["access_token"]
+    assert (await password_token(http, client, username="bob")).status_code == 200
+
+
+PATCH_REFUSALS: list[tuple[dict[str, Any], str]] = [
+    ({"access_token_ttl": -60}, "'access_token_ttl' must be a positive integer or null."),
+    ({"access_token_ttl": 0}, "'access_token_ttl' must be a positive integer or null."),
+    ({"access_token_ttl": "60"}, "'access_token_ttl' must be a positive integer or null."),
+    ({"access_token_ttl": 1.5}, "'access_token_ttl' must be a positive integer or null."),
+    ({"access_token_ttl": True}, "'access_token_ttl' must be a positive integer or null."),
+    ({"access_token_ttl": 2 ** 62}, "'access_token_ttl' must be at most 315360000 seconds (ten years)."),
+    ({"refresh_token_ttl": 315360001},
+     "'refresh_token_ttl' must be at most 315360000 seconds (ten years)."),
+    ({"refresh_token_ttl": -1}, "'refresh_token_ttl' must be a positive integer or null."),
+    ({"max_user_login_attempts": 0}, "'max_user_login_attempts' must be a positive integer or null."),
+    ({"reuse_tokens": "yes"}, "'reuse_tokens' must be true, false or null (the global default)."),
+    ({"require_verified_users": None}, "'require_verified_users' must be true or false."),
+    ({"color": "red"}, "Cannot change: color."),
+    ({"client_secret": "tsv_cs_mine"}, "Cannot change: client_secret."),
+    ({"secret_hash": "$argon2id$x"}, "Cannot change: secret_hash."),
+    ({"client_id": "other"}, "Cannot change: client_id."),
+    ({"token_endpoint_auth_method": "none"}, "Cannot change: token_endpoint_auth_method."),
+    ({"created_at": 0, "name": "ok"}, "Cannot change: created_at."),
+    ({"name": ""}, "'name' must be a non-empty string of at most 200 characters."),
+    ({"name": None}, "'name' is required."),
+    ({"name": "a\nb"}, "'name' must not contain control characters."),
+    ({"redirect_uris": ["https://a.example/cb#frag"]},
+     "redirect URI 'https://a.example/cb#frag' must not have a fragment."),
+    ({"redirect_uris": ["https://a.example/cb#"]},
+     "redirect URI 'https://a.example/cb#' must not have a fragment."),
+    ({"redirect_uris": ["/relative/cb"]}, "redirect URI '/relative/cb' is not an absolute URI."),
+    ({"redirect_uris": ["http://evil.example/cb"]},
+     "http redirect URIs are allowed for loopback hosts only; use https."),
+    ({"redirect_uris": "https://a.example/cb", "scopes": [1]}, "'scopes' must be a list of strings."),
+    ({"scopes": ['bad"scope']}, "scope 'bad\"scope' is not a valid scope token (RFC 6749 §3.3)."),
+    ({"scopes": ["bad\\scope"]}, "scope 'bad\\scope' is not a valid scope token (RFC 6749 §3.3)."),
+    ({"scopes": ["é"]}, "scope 'é' is not a valid scope token (RFC 6749 §3.3)."),
+    ({"grant_types": ["implicit"]},
+     "grant type 'implicit' is not supported; use client_credentials, password, refresh_token."),
+    ({"grant_types": []}, "a client needs at least one grant type."),
+    ({"website": "ftp://files.example"}, "'website' must be an http(s) URL."),
+]
+
+
+@pytest.mark.parametrize(("doc", "description"), PATCH_REFUSALS,
+                         ids=[f"{i}-{next(iter(d))}" for i, (d, _) in enumerate(PATCH_REFUSALS)])
+async def test_patch_refuses_bad_values_and_changes_nothing(
+        http: httpx.AsyncClient, redis_db: redis.Redis, doc: dict[str, Any], description: str) -> None:
+    client = await new_client(http, redirect_uris=["https://a.example/cb"])
+    key = keys.client(client["client_id"])
+    stored = redis_db.get(key)
+    view = assert_json(await http.get(f"/admin/clients/{client['client_id']}", headers=ADMIN), 200)
+
+    resp = await http.patch(f"/admin/clients/{client['client_id']}", headers=ADMIN, json=doc)
+    assert_error(resp, 400, "invalid_request", description)
+
+    assert redis_db.get(key) == stored
+    assert assert_json(await http.get(f"/admin/clients/{client['client_id']}", headers=ADMIN),
+                       200) == view
+    assert (await cc_token(http, client)).status_code == 200
+
+
+async def test_public_client_cannot_get_client_credentials(http: httpx.AsyncClient,
+                                                           redis_db: redis.Redis) -> None:
+    public = await new_client(http, token_endpoint_auth_method="none")
+    stored = redis_db.get(keys.client(public["client_id"]))
+    resp = await http.patch(f"/admin/clients/{public['client_id']}", headers=ADMIN,
+                            json={"grant_types": ["password", "client_credentials"]})
+    assert_error(resp, 400, "invalid_request",
+                 "a public client cannot use client_credentials (RFC 6749 §4.4).")
+    assert redis_db.get(keys.client(public["client_id"])) == stored
+    rotate = await http.post(f"/admin/clients/{public['client_id']}/secret", headers=ADMIN)
+    assert_error(rotate, 400, "invalid_request", "A public client has no secret.")
+    assert redis_db.get(keys.client(public["client_id"])) == stored
+
+
+async def test_large_but_valid_lifetimes_work(http: httpx.AsyncClient, redis_db: redis.Redis) -> None:
+    """Gofundo: access tokens for two weeks, refresh tokens for one hour."""
+    client = await new_client(http, access_token_ttl=14 * 86400, refresh_token_ttl=3600)
+    await new_user(http)
+    tokens = (await password_token(http, client)).json()
+    assert tokens["expires_in"] == 14 * 86400
+    assert 14 * 86400_000 - 5000 < redis_db.pttl(token_key(tokens["access_token"])) <= 14 * 86400_000
+    assert 3_595_000 < redis_db.pttl(token_key(tokens["refresh_token"])) <= 3_600_000
+    longest = await http.patch(f"/admin/clients/{client['client_id']}", headers=ADMIN,
+                               json={"access_token_ttl": 315360000})
+    assert longest.status_code == 200
+    assert (await cc_token(http, client)).json()["expires_in"] == 315360000
+
+
+async def test_rotate_secret(http: httpx.AsyncClient, redis_db: redis.Redis) -> None:
+    client = await new_client(http)
+    old = client["client_secret"]
+    # Warm the cache with the old secret, twice (the second time from the cache).
+    assert (await cc_token(http, client)).status_code == 200
+    assert (await cc_token(http, client)).status_code == 200
+    token = (await cc_token(http, client)).json()["access_token"]
+
+    resp = await http.post(f"/admin/clients/{client['client_id']}/secret", headers=ADMIN)
+    rotated = assert_json(resp, 200, no_store=True)
+    new = rotated["client_secret"]
+    assert new != old and new.startswith("tsv_cs_")
+    assert rotated == {**client, "client_secret": new}
+
+    refused = await cc_token(http, client)
+    assert_error(refused, 401, "invalid_client", "Client authentication failed.")
+    basic = await http.post("/oauth/token", data={"grant_type": "client_credentials"},
+                            auth=(client["client_id"], old))
+    assert_error(basic, 401, "invalid_client", "Client authentication failed.")
+    assert basic.headers["www-authenticate"] == 'Basic realm="tokensvc"'
+    assert (await cc_token(http, {**client, "client_secret": new})).status_code == 200
+    # Tokens issued before the rotation stay valid (rotation is not revocation).
+    info = await http.post("/oauth/introspect", data={"token": token},
+                           auth=(client["client_id"], new))
+    assert info.json()["active"] is True
+    # Shown once: not in the client view afterwards.
+    got = assert_json(await http.get(f"/admin/clients/{client['client_id']}", headers=ADMIN), 200)
+    assert_no_secret(got)
+    stored = redis_db.get(keys.client(client["client_id"]))
+    assert stored is not None and new.encode() not in stored and old.encode() not in stored
+
+
+async def test_delete_client_then_404(http: httpx.AsyncClient, redis_db: redis.Redis) -> None:
+    client = await new_client(http)
+    cid = client["client_id"]
+    resp = await http.delete(f"/admin/clients/{cid}", headers=ADMIN)
+    assert resp.status_code == 204 and resp.content == b""
+    assert redis_db.exists(keys.client(cid)) == 0
+    assert redis_db.zscore(keys.CLIENTS_INDEX, cid) is None
+    for method, path, body in (("GET", f"/admin/clients/{cid}", None),
+                               ("DELETE", f"/admin/clients/{cid}", None),
+                               ("PATCH", f"/admin/clients/{cid}", {"name": "x"}),
+                               ("POST", f"/admin/clients/{cid}/secret", None)):
+        assert_error(await http.request(method, path, headers=ADMIN, json=body), 404, "not_found",
+                     "No such client.")
+    assert list(redis_db.scan_iter(match="tsv:{c:*")) == []
+    assert_error(await cc_token(http, client), 401, "invalid_client", "Client authentication failed.")
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/admin/clients/nope"), ("PATCH", "/admin/clients/nope"),
+    ("DELETE", "/admin/clients/nope"), ("POST", "/admin/clients/nope/secret")])
+async def test_unknown_client_is_404(http: httpx.AsyncClient, redis_db: redis.Redis, method: str,
+                                     path: str) -> None:
+    resp = await http.request(method, path, headers=ADMIN, json={"name": "x"})
+    assert_error(resp, 404, "not_found", "No such client.")
+    assert list(redis_db.scan_iter()) == []
+
+
+# -- users ------------------------------------------------------------------------------------
+
+
+async def test_create_and_read_user(http: httpx.AsyncClient, redis_db: redis.Redis) -> None:
+    before = int(time.time())
+    resp = await http.post("/admin/users", headers=ADMIN,
+                           json={"username": "alice", "password": "correct horse", "verified": True})
+    created = assert_json(resp, 201)
+    assert created == {"username": "alice", "verified": True, "created_at": created["created_at"],
+                       "failed_logins": 0}
+    assert before <= created["created_at"] <= int(time.time())
+    got = assert_json(await http.get("/admin/users/alice", headers=ADMIN), 200)
+    assert got == created
+    assert_no_secret(got)
+    stored = redis_db.get(keys.user("alice"))
+    assert stored is not None and b"correct horse" not in stored and b'"$argon2id$' in stored
+
+    duplicate = await http.post("/admin/users", headers=ADMIN,
+                                json={"username": "alice", "password": "another password"})
+    assert_error(duplicate, 409, "conflict", "A user with that username already exists.")
+    assert redis_db.get(keys.user("alice")) == stored
+    # The default is unverified.
+    bob = assert_json(await http.post("/admin/users", headers=ADMIN,
+                                      json={"username": "bob", "password": "12345678"}), 201)
+    assert bob["verified"] is False
+
+
+@pytest.mark.parametrize(("doc", "description"), [
+    ({"password": "long enough"}, "'username' is required."),
+    ({"username": "carol"}, "'password' must be a string of 8 to 1024 characters."),
+    ({"username": "carol", "password": "short"}, "'password' must be a string of 8 to 1024 characters."),
+    ({"username": "carol", "password": "x" * 1025},
+     "'password' must be a string of 8 to 1024 characters."),
+    ({"username": "carol", "password": 12345678}, "'password' must be a string of 8 to 1024 characters."),
+    ({"username": "carol", "password": "long enough", "verified": "yes"},
+     "'verified' must be true or false."),
+    ({"username": "", "password": "long enough"},
+     "'username' must be a non-empty string of at most 200 characters."),
+])
+async def test_create_user_refuses_bad_values(http: httpx.AsyncClient, redis_db: redis.Redis,
+                                              doc: dict[str, Any], description: str) -> None:
+    resp = await http.post("/admin/users", headers=ADMIN, json=doc)
+    assert_error(resp, 400, "invalid_request", description)
+    assert list(redis_db.scan_iter()) == []
+
+
+async def test_patch_user_verified_and_password(http: httpx.AsyncClient) -> None:
+    client = await new_client(http, require_verified_users=True)
+    await new_user(http, verified=False)
+    assert_error(await password_token(http, client), 403, "access_denied",
+                 "The user is not verified, and this client requires verified users.")
+    resp = await http.patch("/admin/users/alice", headers=ADMIN, json={"verified": True})
+    view = assert_json(resp, 200)
+    assert view == {"username": "alice", "verified": True, "created_at": view["created_at"],
+                    "failed_logins": 0}
+    assert (await password_token(http, client)).status_code == 200
+
+    resp = await http.patch("/admin/users/alice", headers=ADMIN, json={"password": "new passphrase"})
+    assert assert_json(resp, 200) == view
+    assert_no_secret(resp.json())
+    assert_error(await password_token(http, client), 400, "invalid_grant",
+                 "Invalid username or password.")
+    assert (await password_token(http, client, password="new passphrase")).status_code == 200
+
+
+@pytest.mark.parametrize(("doc", "description"), [
+    ({"verified": "true"}, "'verified' must be true or false."),
+    ({"password": "short"}, "'password' must be a string of 8 to 1024 characters."),
+    ({"username": "mallory"}, "Cannot change: username."),
+    ({"password_hash": "$argon2id$x"}, "Cannot change: password_hash."),
+])
+async def test_patch_user_refuses_bad_values(http: httpx.AsyncClient, redis_db: redis.Redis,
+                                             doc: dict[str, Any], description: str) -> None:
+    await new_user(http)
+    stored = redis_db.get(keys.user("alice"))
+    resp = await http.patch("/admin/users/alice", headers=ADMIN, json=doc)
+    assert_error(resp, 400, "invalid_request", description)
+    assert redis_db.get(keys.user("alice")) == stored
+
+
+async def test_unlock_user(http: httpx.AsyncClient, redis_db: redis.Redis) -> None:
+    client = await new_client(http, max_user_login_attempts=3)
+    await new_user(http)
+    for _ in range(2):
+        assert_error(await password_token(http, client, password="wrong password"), 400,
+                     "invalid_grant", "Invalid username or password.")
+    assert_error(await password_token(http, client, password="wrong password"), 423, "user_locked",
+                 "The user is locked after too many failed logins.")
+    assert_error(await password_token(http, client), 423, "user_locked",
+                 "The user is locked after too many failed logins.")
+    got = assert_json(await http.get("/admin/users/alice", headers=ADMIN), 200)
+    assert got["failed_logins"] == 3
+    assert redis_db.get(keys.user_failures("alice")) == b"3"
+
+    resp = await http.post("/admin/users/alice/unlock", headers=ADMIN)
+    assert resp.status_code == 204 and resp.content == b""
+    assert redis_db.exists(keys.user_failures("alice")) == 0
+    assert assert_json(await http.get("/admin/users/alice", headers=ADMIN), 200)["failed_logins"] == 0
+    assert (await password_token(http, client)).status_code == 200
+
+
+async def test_delete_user(http: httpx.AsyncClient, redis_db: redis.Redis) -> None:
+    client = await new_client(http)
+    await new_user(http)
+    assert (await password_token(http, client, password="wrong password")).status_code == 400
+    resp = await http.delete("/admin/users/alice", headers=ADMIN)
+    assert resp.status_code == 204 and resp.content == b""
+    assert redis_db.exists(keys.user("alice"), keys.user_failures("alice")) == 0
+    assert redis_db.zscore(keys.USERS_INDEX, "alice") is None
+    assert_error(await password_token(http, client), 400, "invalid_grant",
+                 "Invalid username or password.")
+    for method, path in (("GET", "/admin/users/alice"), ("DELETE", "/admin/users/alice"),
+                         ("PATCH", "/admin/users/alice"), ("POST", "/admin/users/alice/unlock")):
+        assert_error(await http.request(method, path, headers=ADMIN, json={"verified": True}), 404,
+                     "not_found", "No such user.")
+    # The name is free again.
+    await new_user(http, password="fresh password")
+    assert (await password_token(http, client, password="fresh password")).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/admin/clients"), ("PATCH", "/admin/clients/{id}"), ("POST", "/admin/users"),
+    ("PATCH", "/admin/users/alice")])
+@pytest.mark.parametrize(("body", "description"), [
+    (b"{not json", "The body is not valid JSON."),
+    (b'{"name": "x",}', "The body is not valid JSON."),
+    (b"\xff\xfe", "The body is not valid JSON."),
+    (b'["name"]', "The JSON body must be an object."),
+    (b'"name"', "The JSON body must be an object."),
+])
+async def test_bad_json_is_400(http: httpx.AsyncClient, redis_db: redis.Redis, method: str, path: str,
+                               body: bytes, description: str) -> None:
+    client = await new_client(http)
+    await new_user(http)
+    before = {k: redis_db.dump(k) for k in redis_db.scan_iter()}
+    resp = await http.request(method, path.format(id=client["client_id"]), headers={
+        **ADMIN, "Content-Type": "application/json"}, content=body)
+    assert_error(resp, 400, "invalid_request", description)
+    assert {k: redis_db.dump(k) for k in redis_db.scan_iter()} == before
+
+
+async def test_admin_body_size_is_limited(http: httpx.AsyncClient, redis_db: redis.Redis) -> None:
+    resp = await http.post("/admin/clients", headers=ADMIN,
+                           json={"name": "n", "website": "https://a.example/" + "x" * 70000})
+    assert_error(resp, 413, "invalid_request", "The body exceeds 65536 bytes.")
+    assert list(redis_db.scan_iter()) == []
