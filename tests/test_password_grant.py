@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -303,3 +304,58 @@ async def test_stored_record_names_the_user(http: httpx.AsyncClient, client: Cli
         record = json.loads(raw)
         assert (record["k"], record["u"], record["c"], record["s"]) == (
             kind, "alice", client["client_id"], "read write")
+
+
+async def test_concurrent_guesses_check_at_most_the_limit(app_factory: AppFactory,
+                                                          redis_db: redis.Redis) -> None:
+    # 50 wrong guesses at once, limit 3: the attempt is counted before argon2 runs, so only
+    # three passwords are ever checked (two 400s, then the 423 of the third); the other 47
+    # are refused as locked without a check, and the right password is refused after them.
+    async with app_factory(max_user_login_attempts=3) as http:
+        await new_user(http)
+        client = await new_client(http)
+        assert_issued(await login(http, client, "correct horse"))  # warms the client cache
+        answers = await asyncio.gather(*(login(http, client, f"guess {i}") for i in range(50)))
+        statuses = sorted(r.status_code for r in answers)
+        assert statuses.count(400) == 2 and statuses.count(423) == 48, statuses
+        assert failures(redis_db) == 3
+        assert_error(await login(http, client, "correct horse"), 423, "user_locked", LOCKED)
+
+
+async def test_concurrent_right_passwords_all_succeed(app_factory: AppFactory,
+                                                      redis_db: redis.Redis) -> None:
+    # The reservation must not turn a burst of right passwords into a lockout: requests beyond
+    # the limit wait for a check slot, and every one gets its token.
+    async with app_factory(max_user_login_attempts=2) as http:
+        await new_user(http)
+        client = await new_client(http)
+        answers = await asyncio.gather(*(login(http, client, "correct horse") for _ in range(20)))
+        assert [r.status_code for r in answers] == [200] * 20
+        assert failures(redis_db) is None
+        assert redis_db.get(keys.user_checks("alice")) is None
+
+
+async def test_deleting_a_user_ends_their_tokens(http: httpx.AsyncClient, client: Client,
+                                                 redis_db: redis.Redis) -> None:
+    first = assert_issued(await login(http, client, "correct horse"))
+    second = assert_issued(await login(http, client, "correct horse", scope="read"), scope="read")
+    # A rotation keeps the grant; its new tokens must die with the user too.
+    rotated = await http.post("/oauth/token", data={
+        "grant_type": "refresh_token", "refresh_token": first["refresh_token"],
+        "client_id": client["client_id"], "client_secret": client["client_secret"]})
+    assert rotated.status_code == 200, rotated.text
+    await new_user(http, username="bob", password="bob's horse")
+    bobs = assert_issued(await login(http, client, "bob's horse", username="bob"))
+
+    resp = await http.delete("/admin/users/alice", headers=ADMIN)
+    assert resp.status_code == 204, resp.text
+    for token in (second["access_token"], second["refresh_token"],
+                  rotated.json()["access_token"], rotated.json()["refresh_token"]):
+        assert await introspect_doc(http, client, token) == {"active": False}
+    refused = await http.post("/oauth/token", data={
+        "grant_type": "refresh_token", "refresh_token": rotated.json()["refresh_token"],
+        "client_id": client["client_id"], "client_secret": client["client_secret"]})
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    assert not list(redis_db.scan_iter(match=keys.user_grants("alice")))
+    # Another user's tokens are untouched.
+    assert (await introspect_doc(http, client, bobs["access_token"]))["active"] is True

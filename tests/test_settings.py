@@ -88,6 +88,11 @@ def test_unknown_variable_is_refused_by_name() -> None:
     ("REDIS_TIMEOUT", "60", "must be between 0 and 30 seconds"),
     ("SECRET_KEYS", "short", "at least 32 characters"),
     ("ADMIN_KEY", "short", "at least 16 characters"),
+    ("ACCESS_TOKEN_TTL", "0", "must be between 1 and 315360000"),
+    ("REFRESH_TOKEN_TTL", "315360001", "must be between 1 and 315360000"),
+    ("CODE_TTL", "99999999999999999999", "must be between 1 and 315360000"),
+    ("REFRESH_GRACE", "-1", "must be between 0 and 3600"),
+    ("LOCKOUT_PERIOD", "315360001", "must be between 0 and 315360000"),
     ("ISSUER", "https://example.com/?q=1", "without query or fragment"),
     ("LOG_LEVEL", "loud", "must be one of"),
 ])

@@ -123,6 +123,13 @@ class UnsupportedMediaType(OAuthError):
     status_code = 415
 
 
+class Throttled(OAuthError):
+    """Too many requests of one kind at once; retry after the `Retry-After` seconds (429)."""
+
+    error = "temporarily_unavailable"
+    status_code = 429
+
+
 class TemporarilyUnavailable(OAuthError):
     """RFC 6749 §4.1.2.1 vocabulary: storage is unreachable; retry later (503)."""
 

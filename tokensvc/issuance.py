@@ -77,14 +77,21 @@ class TokenIssuer:
         access = self.codec.mint(ACCESS, grant_id)
         at_key = keys.token(grant_id, access.digest)
         at_rec = encode_record(ACCESS, client.client_id, username, scope, grant_id, now, at_ttl)
-        if not with_refresh:
+        if not with_refresh and username is None:
+            # client_credentials: one lone token, nothing to index (the hot path: one SET).
             await self.store.put_token(at_key, at_rec, at_ttl)
+            return TokenResponse(access.token, at_ttl // 1000, scope)
+        if not with_refresh:
+            await self.store.issue(grant_id, [(at_key, at_rec, at_ttl)])
+            await self.store.link_user_grant(username or "", grant_id, at_ttl)
             return TokenResponse(access.token, at_ttl // 1000, scope)
         rt_ttl = self.refresh_ttl(client) * 1000
         refresh = self.codec.mint(REFRESH, grant_id)
         rt_rec = encode_record(REFRESH, client.client_id, username, scope, grant_id, now, rt_ttl)
         await self.store.issue(grant_id, [(at_key, at_rec, at_ttl),
                                           (keys.token(grant_id, refresh.digest), rt_rec, rt_ttl)])
+        if username is not None:
+            await self.store.link_user_grant(username, grant_id, max(at_ttl, rt_ttl))
         return TokenResponse(access.token, at_ttl // 1000, scope, refresh.token)
 
     async def _issue_reusable(self, client: Client, username: str | None, scope: str,
@@ -115,6 +122,8 @@ class TokenIssuer:
                            encode_record(REFRESH, client.client_id, username, scope, grant_id, now,
                                          rt_ttl), rt_ttl))
         found = await self.store.reuse_or_issue(grant_id, orjson.dumps(record), at_ttl, tokens)
+        if username is not None:
+            await self.store.link_user_grant(username, grant_id, max(at_ttl, rt_ttl))
         if found is None:
             return TokenResponse(access.token, at_ttl // 1000, scope,
                                  refresh.token if refresh else None)
@@ -141,6 +150,9 @@ class TokenIssuer:
             scope or "", at_ttl, rt_ttl, self.settings.refresh_grace * 1000)
         outcome = out[0]
         if outcome == "OK":
+            if out[1]:
+                # Rotation extends the grant's life; the user's grant set must follow it.
+                await self.store.link_user_grant(out[1], parsed.grant_id, max(at_ttl, rt_ttl))
             return TokenResponse(access.token, at_ttl // 1000, out[2], refresh.token)
         if outcome == "SCOPE":
             raise InvalidScope("The requested scope exceeds the scope originally granted.")

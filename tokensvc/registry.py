@@ -17,12 +17,12 @@ from tokensvc.errors import Conflict, InvalidRequest, NotFound
 from tokensvc.hashing import Hasher
 from tokensvc.models import AUTH_METHODS, GRANT_TYPES, Client, User
 from tokensvc.scopes import is_scope_token
+from tokensvc.settings import MAX_TTL
 from tokensvc.store.redis import RedisStore
 
 SECRET_PREFIX = "tsv_cs_"
 _CONFIG_INTS = ("access_token_ttl", "refresh_token_ttl", "max_user_login_attempts")
 # Ten years: a lifetime must fit Redis' PX and the 64-bit `exp` of a token record.
-MAX_TTL = 10 * 365 * 86400
 _EDITABLE = ("name", "redirect_uris", "scopes", "grant_types", "website",
              "reuse_tokens", "require_verified_users", *_CONFIG_INTS)
 

@@ -62,6 +62,15 @@ def _at_least(low: int) -> Callable[[Any], str | None]:
     return lambda v: None if v >= low else f"must be at least {low}, got {v}"
 
 
+# Lifetimes beyond ten years are mistakes (a typo'd unit), and keep epoch milliseconds far from
+# the 64-bit limits of Redis TTLs and of the JSON codec.
+MAX_TTL = 10 * 365 * 86400
+
+
+def _between(low: int, high: int) -> Callable[[Any], str | None]:
+    return lambda v: None if low <= v <= high else f"must be between {low} and {high}, got {v}"
+
+
 def _redis_url(url: str | None) -> str | None:
     if url is None:
         return None
@@ -167,15 +176,16 @@ OPTIONS: tuple[Option, ...] = (
            "every instance must share them. Generated under the data dir when unset.", _keys,
            _secret_keys),
     Option("issuer", "Public base URL of the service (RFC 8414 issuer).", _str, _issuer),
-    Option("access_token_ttl", "Default access token lifetime, seconds.", _int, _at_least(1)),
-    Option("refresh_token_ttl", "Default refresh token lifetime, seconds.", _int, _at_least(1)),
-    Option("code_ttl", "Authorization code lifetime, seconds.", _int, _at_least(1)),
+    Option("access_token_ttl", "Default access token lifetime, seconds.", _int, _between(1, MAX_TTL)),
+    Option("refresh_token_ttl", "Default refresh token lifetime, seconds.", _int, _between(1, MAX_TTL)),
+    Option("code_ttl", "Authorization code lifetime, seconds.", _int, _between(1, MAX_TTL)),
     Option("reuse_tokens", "Return the still-valid token for identical requests (finAPI).", _bool),
-    Option("refresh_grace", "Seconds a just-rotated refresh token still works.", _int, _at_least(0)),
+    Option("refresh_grace", "Seconds a just-rotated refresh token still works.", _int,
+           _between(0, 3600)),
     Option("max_user_login_attempts", "Consecutive password failures before a user is locked.",
            _int, _at_least(1)),
     Option("lockout_period", "Seconds a lockout lasts; 0 keeps it until an admin unlocks.", _int,
-           _at_least(0)),
+           _between(0, MAX_TTL)),
     Option("password_time_cost", "argon2id iterations for passwords and secrets.", _int, _at_least(1)),
     Option("password_memory_cost", "argon2id memory in KiB.", _int, _at_least(8)),
     Option("password_parallelism", "argon2id lanes.", _int, _at_least(1)),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from tokensvc import scopes
-from tokensvc.errors import InvalidGrant, InvalidRequest, UserLocked, UserNotVerified
+from tokensvc.errors import InvalidRequest
 from tokensvc.grants.base import Grant, GrantContext
 from tokensvc.models import TokenResponse
+from tokensvc.userauth import authenticate
 
 GRANT_TYPE = "password"
 
@@ -16,26 +17,9 @@ async def handle(ctx: GrantContext) -> TokenResponse:
     if username is None or password is None:
         raise InvalidRequest("username and password are required.")
     scope = scopes.grant(scopes.parse(ctx.params.get("scope")), ctx.client.scopes)
-    limit = ctx.client.max_user_login_attempts or ctx.settings.max_user_login_attempts
-    user, failures = await ctx.store.get_user(username)
-    if failures >= limit:
-        raise UserLocked("The user is locked after too many failed logins.")
-    if user is None:
-        # No counter for unknown names (nothing to lock, no keys to fill Redis with), but the
-        # same argon2 time, so the answer's timing does not reveal which usernames exist.
-        await ctx.hasher.verify_nobody(password)
-        raise InvalidGrant("Invalid username or password.")
-    if not await ctx.hasher.verify(user.password_hash, password):
-        failures = await ctx.store.login_failed(username, ctx.settings.lockout_period * 1000)
-        if failures >= limit:
-            raise UserLocked("The user is locked after too many failed logins.")
-        raise InvalidGrant("Invalid username or password.")
-    if failures:
-        await ctx.store.reset_failures(username)
-    if ctx.client.require_verified_users and not user.verified:
-        raise UserNotVerified("The user is not verified, and this client requires verified users.")
+    user = await authenticate(ctx.store, ctx.hasher, ctx.settings, ctx.client, username, password)
     with_refresh = "refresh_token" in ctx.client.grant_types
-    return await ctx.issuer.issue(ctx.client, username, scope, with_refresh)
+    return await ctx.issuer.issue(ctx.client, user.username, scope, with_refresh)
 
 
 GRANT = Grant(GRANT_TYPE, handle, allows_public=True)

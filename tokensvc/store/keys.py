@@ -2,7 +2,8 @@
 
 - `{g:<grant id>}`: a grant's tokens, its index, its reuse record and its codes.
 - `{c:<client id>}`: a client record.
-- `{u:<user hash>}`: a user record and its failure counter. The tag is a digest of the
+- `{u:<user hash>}`: a user record, its failure counter, its password checks in
+  flight and the ids of its grants. The tag is a digest of the
   username, so no username (which may hold `{` or `}`) can move or split the slot.
 """
 
@@ -44,3 +45,11 @@ def user(username: str) -> str:
 
 def user_failures(username: str) -> str:
     return f"tsv:{{u:{_user_tag(username)}}}:fails"
+
+
+def user_checks(username: str) -> str:
+    return f"tsv:{{u:{_user_tag(username)}}}:checking"
+
+
+def user_grants(username: str) -> str:
+    return f"tsv:{{u:{_user_tag(username)}}}:grants"

@@ -112,8 +112,12 @@ class RedisStore:
         self._reuse = redis.register_script(_script("reuse"))
         self._rotate = redis.register_script(_script("rotate"))
         self._revoke = redis.register_script(_script("revoke"))
-        self._login_failure = redis.register_script(_script("login_failure"))
-        self._scripts = (self._issue, self._reuse, self._rotate, self._revoke, self._login_failure)
+        self._login_attempt = redis.register_script(_script("login_attempt"))
+        self._login_result = redis.register_script(_script("login_result"))
+        self._link_grant = redis.register_script(_script("link_grant"))
+        self._end_grant = redis.register_script(_script("end_grant"))
+        self._scripts = (self._issue, self._reuse, self._rotate, self._revoke, self._login_attempt,
+                         self._login_result, self._link_grant, self._end_grant)
 
     @map_redis_errors
     async def load_scripts(self) -> None:
@@ -274,14 +278,36 @@ class RedisStore:
 
     @map_redis_errors
     async def delete_user(self, username: str) -> bool:
-        removed = await self.redis.delete(keys.user(username), keys.user_failures(username))
+        """Remove a user and end every grant issued to them (each grant is its own slot)."""
+        grants = await self.redis.smembers(keys.user_grants(username))
+        for raw in grants:
+            grant_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            await self._end_grant(keys=[keys.grant_index(grant_id), keys.reuse(grant_id)])
+        removed = await self.redis.delete(keys.user(username), keys.user_failures(username),
+                                          keys.user_checks(username), keys.user_grants(username))
         await self.redis.zrem(keys.USERS_INDEX, username)
         return bool(removed)
 
     @map_redis_errors
-    async def login_failed(self, username: str, lockout_ms: int) -> int:
-        """Count a failed login (login_failure.lua); returns the consecutive failures."""
-        return int(await self._login_failure(keys=[keys.user_failures(username)], args=[lockout_ms]))
+    async def link_user_grant(self, username: str, grant_id: str, ttl_ms: int) -> None:
+        """Index a user's grant for the deletion cascade (link_grant.lua)."""
+        await self._link_grant(keys=[keys.user_grants(username)], args=[grant_id, ttl_ms])
+
+    @map_redis_errors
+    async def login_attempt(self, username: str, limit: int,
+                            hold_ms: int) -> tuple[User | None, int]:
+        """The user and a reserved password check (login_attempt.lua gives the codes)."""
+        raw, n = await self._login_attempt(
+            keys=[keys.user(username), keys.user_failures(username), keys.user_checks(username)],
+            args=[limit, hold_ms])
+        return (None if not raw else _user_from(raw)), int(n)
+
+    @map_redis_errors
+    async def login_result(self, username: str, ok: bool, lockout_ms: int) -> int:
+        """Settle a reserved check; the consecutive failures after it (login_result.lua)."""
+        return int(await self._login_result(
+            keys=[keys.user_failures(username), keys.user_checks(username)],
+            args=["1" if ok else "0", lockout_ms]))
 
     @map_redis_errors
     async def reset_failures(self, username: str) -> None:
