@@ -1,5 +1,5 @@
 # Set-up, run and test targets. `make run` and `make test` work from a fresh clone: they build
-# .venv, make sure redis-server is installed, and go.
+# .venv, make sure redis-server (and, for the browser tests, chromium) is installed, and go.
 
 PYTHON ?= python3
 VENV := .venv
@@ -7,8 +7,10 @@ BIN := $(VENV)/bin
 # Touched after a successful install, so the venv is rebuilt only when pyproject.toml changes.
 STAMP := $(VENV)/.installed
 ARGS ?=
+# The browser tests drive Debian's chromium through playwright; no browser build is downloaded.
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: venv redis run check test test-fast
+.PHONY: venv redis browser run check test test-fast
 
 venv: $(STAMP)
 
@@ -33,6 +35,26 @@ redis:
 		exit 1; \
 	fi
 
+# Browser tests need chromium; without it (not root, no apt-get) they are skipped, not failed.
+# Another apt-get or dpkg may be running (installing chromium, even): wait for it first.
+browser:
+	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		for i in $$(seq 600); do pgrep -x 'apt|apt-get|dpkg' >/dev/null 2>&1 || break; \
+			if [ "$$i" = 1 ]; then echo "waiting for a running apt-get/dpkg to finish"; fi; \
+			sleep 2; \
+		done; \
+	fi; \
+	if [ -x $(CHROMIUM) ]; then \
+		echo "chromium: $(CHROMIUM)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "chromium is missing; installing it with apt-get"; \
+		apt-get -o DPkg::Lock::Timeout=600 update && DEBIAN_FRONTEND=noninteractive \
+			apt-get -o DPkg::Lock::Timeout=600 install -y chromium; \
+	else \
+		echo "$(CHROMIUM) is missing, so the browser tests will be skipped. Install it:" >&2; \
+		echo "  Debian/Ubuntu: sudo apt-get install chromium" >&2; \
+	fi
+
 run: venv redis
 	$(BIN)/tokensvc serve $(ARGS)
 
@@ -40,8 +62,8 @@ check: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: venv redis check
+test: venv redis browser check
 	$(BIN)/pytest $(ARGS)
 
-test-fast: venv redis check
+test-fast: venv redis browser check
 	$(BIN)/pytest -m "not slow" $(ARGS)

@@ -287,7 +287,8 @@ PATCH_REFUSALS: list[tuple[dict[str, Any], str]] = [
     ({"scopes": ["bad\\scope"]}, "scope 'bad\\scope' is not a valid scope token (RFC 6749 §3.3)."),
     ({"scopes": ["é"]}, "scope 'é' is not a valid scope token (RFC 6749 §3.3)."),
     ({"grant_types": ["implicit"]},
-     "grant type 'implicit' is not supported; use client_credentials, password, refresh_token."),
+     "grant type 'implicit' is not supported; use authorization_code, client_credentials, password, "
+     "refresh_token."),
     ({"grant_types": []}, "a client needs at least one grant type."),
     ({"website": "ftp://files.example"}, "'website' must be an http(s) URL."),
 ]

@@ -20,7 +20,7 @@ KNOWN_ENDPOINTS = {
     "authorization_endpoint": ("GET", "/oauth/authorize"),
     "registration_endpoint": ("POST", "/oauth/register"),
 }
-OTHER_GRANTS = ["authorization_code", "implicit", "urn:ietf:params:oauth:grant-type:device_code",
+OTHER_GRANTS = ["implicit", "urn:ietf:params:oauth:grant-type:device_code",
                 "urn:ietf:params:oauth:grant-type:jwt-bearer", "client_credentials ", "PASSWORD"]
 
 
@@ -53,11 +53,20 @@ async def test_metadata_document(http: httpx.AsyncClient) -> None:
                                                           "client_secret_post"],
     }
     assert {k: doc.get(k) for k in stable} == stable
-    assert {"client_credentials", "password", "refresh_token"} <= set(doc["grant_types_supported"])
+    assert set(doc["grant_types_supported"]) == {"authorization_code", "client_credentials",
+                                                 "password", "refresh_token"}
+    # The authorization-code flow: only `code`, PKCE with S256 only (plain is off by default),
+    # and RFC 9207's iss parameter on every redirect.
+    assert doc["authorization_endpoint"] == f"{ISSUER}/oauth/authorize"
+    assert doc["response_types_supported"] == ["code"]
+    assert doc["response_modes_supported"] == ["query"]
+    assert doc["code_challenge_methods_supported"] == ["S256"]
+    assert doc["authorization_response_iss_parameter_supported"] is True
     # Nothing beyond what RFC 8414 defines and this service can mean.
     allowed = {*stable, "grant_types_supported", "response_types_supported",
                "authorization_endpoint", "registration_endpoint", "code_challenge_methods_supported",
-               "scopes_supported", "response_modes_supported"}
+               "scopes_supported", "response_modes_supported",
+               "authorization_response_iss_parameter_supported"}
     assert set(doc) <= allowed, set(doc) - allowed
 
 
@@ -96,7 +105,7 @@ async def test_listed_grants_work_and_others_are_unsupported(http: httpx.AsyncCl
     doc = await metadata(http)
     grants = doc["grant_types_supported"]
     assert len(grants) == len(set(grants))
-    client = await new_client(http, grant_types=grants)
+    client = await new_client(http, grant_types=grants, redirect_uris=["https://app.example/cb"])
     await new_user(http)
     auth = (client["client_id"], client["client_secret"])
     rt = (await password_token(http, client)).json()["refresh_token"]

@@ -162,7 +162,8 @@ async def test_every_token_key_expires(app_factory: AppFactory, redis_db: redis.
     assert len(token_keys) == len(set(tokens))
     # Every issued token is stored (or was rotated and is kept for reuse detection) ...
     assert token_keys <= set(contents)
-    permanent = {keys.CLIENTS_INDEX.encode(), keys.USERS_INDEX.encode()}
+    permanent = {keys.CLIENTS_INDEX.encode(), keys.USERS_INDEX.encode(), keys.CLIENT_NAMES.encode(),
+                 keys.CLIENTS_USED.encode()}
     permanent |= {keys.client(c["client_id"]).encode() for c in clients}
     permanent |= {keys.user(name).encode() for name in PASSWORDS}
     # A failure counter lasts until an admin unlocks (lockout_period 0) or the next good login.
@@ -172,7 +173,8 @@ async def test_every_token_key_expires(app_factory: AppFactory, redis_db: redis.
             assert pttl == -1, key
             continue
         assert re.fullmatch(rb"tsv:\{g:[A-Za-z0-9_-]{12}\}:(t:[A-Za-z0-9_-]{43}|idx|reuse)", key) or \
-            re.fullmatch(rb"tsv:\{u:[A-Za-z0-9_-]{16}\}:grants", key), key
+            re.fullmatch(rb"tsv:\{u:[A-Za-z0-9_-]{16}\}:grants", key) or \
+            re.fullmatch(rb"tsv:\{c:[A-Za-z0-9_-]{22}\}:usage", key), key
         assert pttl > 0, f"{key!r} has no TTL"
         if b":t:" in key:
             assert kind == b"string"

@@ -16,10 +16,12 @@ from starlette.routing import Route
 
 from tokensvc import settings as settings_mod
 from tokensvc.admin import AdminEndpoints
+from tokensvc.authorize import AuthorizeEndpoints
 from tokensvc.discovery import DiscoveryEndpoints
 from tokensvc.errors import OAuthError, StoreUnavailable
 from tokensvc.oauth import OAuthEndpoints
 from tokensvc.principal import PrincipalEndpoints
+from tokensvc.registration import RegistrationEndpoints
 from tokensvc.responses import error_body, error_response, json_response
 from tokensvc.services import Services
 from tokensvc.settings import Settings
@@ -35,6 +37,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     principal = PrincipalEndpoints(svc)
     discovery = DiscoveryEndpoints(svc)
     admin = AdminEndpoints(svc)
+    registration = RegistrationEndpoints(svc, admin)
+    authorize = AuthorizeEndpoints(svc)
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
@@ -44,6 +48,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/oauth/v2/token", oauth.token, methods=["POST"]),
         Route("/oauth/revoke", oauth.revoke, methods=["POST"]),
         Route("/oauth/introspect", oauth.introspect, methods=["POST"]),
+        Route("/oauth/authorize", authorize.authorize, methods=["GET", "POST"]),
+        Route("/authorize", authorize.authorize, methods=["GET", "POST"]),
+        Route("/oauth/logout", authorize.logout, methods=["GET", "POST"]),
+        Route("/static/tokensvc.css", authorize.stylesheet, methods=["GET"]),
         Route("/login", principal.principal, methods=["POST"]),
         Route("/oauth/userinfo", principal.principal, methods=["GET"]),
         Route("/.well-known/oauth-authorization-server", discovery.metadata, methods=["GET"]),
@@ -56,6 +64,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/admin/users", admin.users, methods=["POST"]),
         Route("/admin/users/{username}", admin.user, methods=["GET", "PATCH", "DELETE"]),
         Route("/admin/users/{username}/unlock", admin.unlock, methods=["POST"]),
+        Route("/api/client", registration.api_client, methods=["POST"]),
+        Route("/oauth/register", registration.register, methods=["POST"]),
     ]
 
     @contextlib.asynccontextmanager
@@ -68,12 +78,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         assert settings.redis_url is not None
         listener = asyncio.create_task(svc.clients.listen(settings.redis_url,
                                                           settings.redis_timeout))
+        flusher = asyncio.create_task(svc.usage.run())
         try:
             yield
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            for task in (listener, flusher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await svc.store.close()
 
     async def on_oauth_error(request: Request, exc: Exception) -> Response:

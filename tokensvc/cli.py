@@ -14,6 +14,7 @@ under the data dir, which they use but never start.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import json
 import os
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from tokensvc import __version__, settings as settings_mod
 from tokensvc.errors import OAuthError, StoreUnavailable
@@ -188,7 +190,8 @@ def serve(**flags: Any) -> None:
         uvicorn.run(
             "tokensvc.app:create_app", factory=True, host=cfg.host, port=cfg.port,
             workers=cfg.workers, loop="uvloop", http="httptools", lifespan="on",
-            log_level=cfg.log_level, timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            log_level=cfg.log_level, log_config=_log_config(cfg.log_level),
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         )
         # No limit_concurrency: uvicorn would answer excess requests with a plain-text 503, not
@@ -199,6 +202,18 @@ def serve(**flags: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if embedded is not None:
             embedded.stop()
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, plus a handler for tokensvc's own loggers: without one, the audit
+    lines (INFO on `tokensvc.audit`) of the admin API and console would go nowhere. The audit
+    log stays at INFO whatever the service's level: who changed what must not be lost."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["tokensvc"] = {"handlers": ["default"], "level": level.upper(),
+                                     "propagate": False}
+    config["loggers"]["tokensvc.audit"] = {"handlers": ["default"], "level": "INFO",
+                                           "propagate": False}
+    return config
 
 
 def _banner(cfg: Settings, embedded: EmbeddedRedis | None, admin_key_given: bool) -> None:

@@ -72,5 +72,7 @@ async def authenticate(authorization: str | None, params: Params, clients: Clien
     if client.is_public:
         raise InvalidClient("A public client has no secret to present.", challenge)
     if not await clients.check_secret(client, secret):
+        if clients.usage is not None:
+            clients.usage.failed(client.client_id)
         raise InvalidClient("Client authentication failed.", challenge)
     return Authenticated(client, method)

@@ -23,6 +23,7 @@ from tokensvc.hashing import Hasher
 from tokensvc.models import Client
 from tokensvc.store import keys
 from tokensvc.store.redis import RedisStore
+from tokensvc.usage import Usage
 
 log = logging.getLogger("tokensvc.clients")
 
@@ -38,8 +39,9 @@ class _Entry:
 class ClientDirectory:
     """Client lookups and secret checks with a bounded, invalidated, per-worker cache."""
 
-    def __init__(self, store: RedisStore, hasher: Hasher, size: int) -> None:
+    def __init__(self, store: RedisStore, hasher: Hasher, size: int, usage: Usage | None = None) -> None:
         self.store = store
+        self.usage = usage
         self.hasher = hasher
         self.size = size
         self._entries: dict[str, _Entry] = {}

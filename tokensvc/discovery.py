@@ -18,12 +18,18 @@ def metadata(svc: Services) -> dict[str, object]:
     issuer = svc.settings.issuer_url
     return {
         "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/oauth/authorize",
         "token_endpoint": f"{issuer}/oauth/token",
         "revocation_endpoint": f"{issuer}/oauth/revoke",
         "introspection_endpoint": f"{issuer}/oauth/introspect",
         "userinfo_endpoint": f"{issuer}/oauth/userinfo",
+        "registration_endpoint": f"{issuer}/oauth/register",
         "grant_types_supported": sorted(GRANTS),
-        "response_types_supported": [],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": (["S256", "plain"] if svc.settings.allow_plain_pkce
+                                             else ["S256"]),
+        "authorization_response_iss_parameter_supported": True,
         "token_endpoint_auth_methods_supported": [*_AUTH_METHODS, "none"],
         "revocation_endpoint_auth_methods_supported": [*_AUTH_METHODS, "none"],
         "introspection_endpoint_auth_methods_supported": _AUTH_METHODS,

@@ -6,6 +6,8 @@ the authority on expiry.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 
 import orjson
@@ -27,9 +29,24 @@ from tokensvc.tokens import (
     new_seed,
 )
 
+# redeem.lua's outcomes, as the client is told them (all invalid_grant, RFC 6749 §5.2).
+_REDEEM_REFUSALS = {
+    "REPLAY": "The authorization code was already used; its tokens are revoked.",
+    "CLIENT": "The authorization code was issued to another client.",
+    "REDIRECT": "redirect_uri does not match the authorization request.",
+    "PKCE": "The code_verifier does not match the code_challenge.",
+    "UNKNOWN": "The authorization code is invalid, expired or already used.",
+}
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def pkce_s256(verifier: str) -> str:
+    """RFC 7636 §4.2: BASE64URL(SHA256(ASCII(code_verifier))), unpadded."""
+    raw = hashlib.sha256(verifier.encode("ascii", "replace")).digest()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 class TokenIssuer:
@@ -135,6 +152,52 @@ class TokenIssuer:
         refresh = self.codec.derive(REFRESH, grant_id, doc["sr"], doc["k"]) if "sr" in doc else None
         return TokenResponse(access.token, left_ms // 1000, scope,
                              refresh.token if refresh else None)
+
+    async def issue_code(self, client: Client, username: str, scope: str, redirect_uri: str,
+                         challenge: str | None, method: str | None) -> str:
+        """RFC 6749 §4.1.2: a single-use code bound to client, user, scope, redirect and PKCE.
+
+        The code opens its own grant: the tokens redeemed from it join that grant, so a replay
+        can end all of them in the same hash slot.
+        """
+        ttl = self.settings.code_ttl * 1000
+        grant_id = new_grant_id()
+        code = self.codec.mint(CODE, grant_id)
+        now = now_ms()
+        record: dict[str, object] = {"k": CODE, "c": client.client_id, "u": username, "s": scope,
+                                     "g": grant_id, "ru": redirect_uri, "iat": now, "exp": now + ttl}
+        if challenge is not None:
+            record["cc"] = challenge
+            record["ccm"] = method or "plain"
+        # Indexed in its grant and linked to the user like a token, so deleting the user
+        # (the cascade over the user's grants) ends a code not yet redeemed, too.
+        await self.store.issue(grant_id, [(keys.token(grant_id, code.digest), orjson.dumps(record), ttl)])
+        await self.store.link_user_grant(username, grant_id, ttl)
+        return code.token
+
+    async def redeem(self, client: Client, code: str, redirect_uri: str,
+                     verifier: str | None) -> TokenResponse:
+        """RFC 6749 §4.1.3 + RFC 7636 §4.6, in one script; a second redemption ends the grant."""
+        parsed = self.codec.parse(code, CODE)
+        if parsed is None:
+            raise InvalidGrant("The authorization code is invalid, expired or already used.")
+        with_refresh = "refresh_token" in client.grant_types
+        at_ttl = self.access_ttl(client) * 1000
+        rt_ttl = self.refresh_ttl(client) * 1000
+        access = self.codec.mint(ACCESS, parsed.grant_id)
+        refresh = self.codec.mint(REFRESH, parsed.grant_id)
+        s256 = "" if verifier is None else pkce_s256(verifier)
+        out = await self.store.redeem(parsed.grant_id, parsed.digest, access.digest, refresh.digest,
+                                      client.client_id, redirect_uri, verifier or "", s256,
+                                      at_ttl, rt_ttl, with_refresh)
+        outcome = out[0]
+        if outcome == "OK":
+            username, scope = out[1], out[2]
+            await self.store.link_user_grant(username, parsed.grant_id,
+                                             max(at_ttl, rt_ttl) if with_refresh else at_ttl)
+            return TokenResponse(access.token, at_ttl // 1000, scope,
+                                 refresh.token if with_refresh else None)
+        raise InvalidGrant(_REDEEM_REFUSALS.get(outcome, _REDEEM_REFUSALS["UNKNOWN"]))
 
     async def refresh(self, client: Client, presented: str, scope: str | None) -> TokenResponse:
         """RFC 6749 §6 with rotation; a rotated token presented again ends the grant."""

@@ -53,6 +53,7 @@ class OAuthEndpoints:
             raise UnauthorizedClient(f"The client may not use grant_type={grant_type}.")
         result = await grant.handle(GrantContext(auth.client, params, svc.issuer, svc.store,
                                                  svc.hasher, svc.settings))
+        svc.usage.issued(auth.client.client_id)
         return json_response(result.to_dict(), no_store=True)
 
     async def revoke(self, request: Request) -> Response:

@@ -66,6 +66,15 @@ def _redirect_uri(uri: str) -> str:
         raise InvalidRequest(f"redirect URI '{uri[:100]}' must not have a fragment.")
     if parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
         raise InvalidRequest("http redirect URIs are allowed for loopback hosts only; use https.")
+    # RFC 8252 §7.1: a native app's private-use scheme is named after a domain; this also
+    # keeps out javascript:, data: and the like, which a browser would run, not follow.
+    if parts.scheme not in ("http", "https") and "." not in parts.scheme:
+        raise InvalidRequest(
+            f"redirect URI '{uri[:100]}' needs https, http on a loopback host, or a private-use "
+            "scheme named after a domain, such as com.example.app:/cb (RFC 8252 §7.1).")
+    # A space or control character has no place in a URI and would end up in a Location header.
+    if any(ord(ch) <= 32 or ord(ch) == 127 for ch in uri):
+        raise InvalidRequest(f"redirect URI {uri[:100]!r} contains a space or control character.")
     return uri
 
 
@@ -104,6 +113,8 @@ def _check_client(client: Client) -> Client:
             raise InvalidRequest(f"grant type '{g[:64]}' is not supported; use {', '.join(GRANT_TYPES)}.")
     if not client.grant_types:
         raise InvalidRequest("a client needs at least one grant type.")
+    if "authorization_code" in client.grant_types and not client.redirect_uris:
+        raise InvalidRequest("the authorization_code grant needs at least one redirect URI.")
     if client.is_public and "client_credentials" in client.grant_types:
         raise InvalidRequest("a public client cannot use client_credentials (RFC 6749 §4.4).")
     for s in client.scopes:
@@ -178,7 +189,7 @@ class Registry:
             if name in doc:
                 changes[name] = _strings(doc, name) or ()
         client = _check_client(dataclasses.replace(current, **changes))
-        if not await self.store.put_client(client, new=False):
+        if not await self.store.put_client(client, new=False, previous=current):
             raise NotFound("No such client.")
         return client
 

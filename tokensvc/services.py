@@ -10,6 +10,7 @@ from tokensvc.issuance import TokenIssuer
 from tokensvc.settings import Settings
 from tokensvc.store.redis import RedisStore, connect
 from tokensvc.tokens import TokenCodec
+from tokensvc.usage import Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,7 @@ class Services:
     hasher: Hasher
     clients: ClientDirectory
     issuer: TokenIssuer
+    usage: Usage
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -32,6 +34,7 @@ class Services:
         codec = TokenCodec(settings.secret_keys)
         hasher = Hasher(settings.password_time_cost, settings.password_memory_cost,
                         settings.password_parallelism)
-        clients = ClientDirectory(store, hasher, settings.secret_cache_size)
+        usage = Usage(store)
+        clients = ClientDirectory(store, hasher, settings.secret_cache_size, usage)
         issuer = TokenIssuer(store, codec, clients, settings)
-        return cls(settings, store, codec, hasher, clients, issuer)
+        return cls(settings, store, codec, hasher, clients, issuer, usage)

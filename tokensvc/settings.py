@@ -103,6 +103,27 @@ def _log_level(level: str) -> str | None:
     return None if level in ok else f"must be one of {', '.join(ok)}"
 
 
+# What the consent page says for each scope; a deployment names its own scopes in a setting.
+DEFAULT_SCOPE_DESCRIPTIONS: tuple[tuple[str, str], ...] = (
+    ("read", "See your data"),
+    ("write", "Change your data"),
+    ("offline_access", "Keep access while you are not using it"),
+)
+
+
+def _descriptions(raw: str) -> tuple[tuple[str, str], ...]:
+    """`read=See your data;write=Change your data` (`;` between pairs, `=` in each)."""
+    pairs: list[tuple[str, str]] = []
+    for item in raw.split(";"):
+        if not item.strip():
+            continue
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip() or not text.strip():
+            raise ValueError(f"expected scope=description pairs separated by ';', got {item!r}")
+        pairs.append((name.strip(), text.strip()))
+    return tuple(pairs)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The service's configuration. Field names are the settings' names."""
@@ -121,6 +142,12 @@ class Settings:
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 14 * 24 * 3600
     code_ttl: int = 60
+    allow_plain_pkce: bool = False
+    session_ttl: int = 8 * 3600
+    consent_ttl: int = 90 * 86400
+    scope_descriptions: tuple[tuple[str, str], ...] = DEFAULT_SCOPE_DESCRIPTIONS
+    open_registration: bool = False
+    registration_rate_limit: int = 10
     reuse_tokens: bool = False
     refresh_grace: int = 0
     max_user_login_attempts: int = 5
@@ -147,6 +174,8 @@ class Settings:
                 continue
             if isinstance(value, bool):
                 text = "1" if value else "0"
+            elif opt.name == "scope_descriptions":
+                text = ";".join(f"{name}={words}" for name, words in value)
             elif isinstance(value, tuple):
                 text = ",".join(value)
             else:
@@ -179,6 +208,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("access_token_ttl", "Default access token lifetime, seconds.", _int, _between(1, MAX_TTL)),
     Option("refresh_token_ttl", "Default refresh token lifetime, seconds.", _int, _between(1, MAX_TTL)),
     Option("code_ttl", "Authorization code lifetime, seconds.", _int, _between(1, MAX_TTL)),
+    Option("allow_plain_pkce", "Accept PKCE method `plain` (RFC 7636); S256 only when off.", _bool),
+    Option("session_ttl", "Seconds a login session on the authorization pages lasts.", _int,
+           _between(60, MAX_TTL)),
+    Option("consent_ttl", "Seconds a user's consent to a client is remembered; 0 never.", _int,
+           _between(0, MAX_TTL)),
+    Option("scope_descriptions", "Consent-page wording: `scope=words;scope=words`.", _descriptions),
+    Option("open_registration", "Let anyone register clients (RFC 7591) without the admin key.",
+           _bool),
+    Option("registration_rate_limit", "Open registrations per remote address per hour.", _int,
+           _at_least(1)),
     Option("reuse_tokens", "Return the still-valid token for identical requests (finAPI).", _bool),
     Option("refresh_grace", "Seconds a just-rotated refresh token still works.", _int,
            _between(0, 3600)),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from tokensvc.grants import client_credentials, password, refresh_token
+from tokensvc.grants import authorization_code, client_credentials, password, refresh_token
 from tokensvc.grants.base import Grant
 
 GRANTS: dict[str, Grant] = {
-    g.grant_type: g for g in (client_credentials.GRANT, password.GRANT, refresh_token.GRANT)
+    g.grant_type: g for g in (authorization_code.GRANT, client_credentials.GRANT, password.GRANT,
+                              refresh_token.GRANT)
 }

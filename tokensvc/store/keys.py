@@ -2,8 +2,9 @@
 
 - `{g:<grant id>}`: a grant's tokens, its index, its reuse record and its codes.
 - `{c:<client id>}`: a client record.
+- `{s:<session digest>}`: a login session of the authorization pages.
 - `{u:<user hash>}`: a user record, its failure counter, its password checks in
-  flight and the ids of its grants. The tag is a digest of the
+  flight, the ids of its grants and its remembered consents. The tag is a digest of the
   username, so no username (which may hold `{` or `}`) can move or split the slot.
 """
 
@@ -13,6 +14,10 @@ import base64
 import hashlib
 
 CLIENTS_INDEX = "tsv:clients"
+# Score 0, members "<casefolded name>\0<client id>": sorted by name, searched by prefix (BYLEX).
+CLIENT_NAMES = "tsv:clients:names"
+# Score = last time the client got a token (epoch ms), 0 for never.
+CLIENTS_USED = "tsv:clients:used"
 USERS_INDEX = "tsv:users"
 INVALIDATION_CHANNEL = "tsv:invalidate"
 INVALIDATED_CHANNEL = "tsv:invalidated"  # instances confirm here that they dropped a client
@@ -53,3 +58,30 @@ def user_checks(username: str) -> str:
 
 def user_grants(username: str) -> str:
     return f"tsv:{{u:{_user_tag(username)}}}:grants"
+
+
+def user_consents(username: str) -> str:
+    return f"tsv:{{u:{_user_tag(username)}}}:consents"
+
+
+def session(session_digest: str) -> str:
+    return f"tsv:{{s:{session_digest}}}:session"
+
+
+def registrations(address: str) -> str:
+    """Open-registration attempts from one remote address in the current window. The tag is a
+    digest, so no raw address is kept and an IPv6 address cannot disturb the key's shape."""
+    return f"tsv:{{r:{_user_tag(address)}}}:register"
+
+
+def client_usage(client_id: str) -> str:
+    return f"tsv:{{c:{client_id}}}:usage"
+
+
+def admin_session(session_digest: str) -> str:
+    return f"tsv:{{a:{session_digest}}}:admin"
+
+
+def once(nonce_digest: str) -> str:
+    """A console form already submitted (so a reload cannot create or rotate twice)."""
+    return f"tsv:{{o:{nonce_digest}}}:once"

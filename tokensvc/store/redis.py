@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
@@ -98,6 +98,15 @@ def _client_from(raw: bytes | str) -> Client:
     return Client(**d)
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _name_member(client: Client) -> str:
+    """The name index entry: sorts case-insensitively, ties broken by id."""
+    return f"{client.name.casefold()}\0{client.client_id}"
+
+
 def _user_from(raw: bytes | str) -> User:
     return User(**orjson.loads(raw))
 
@@ -114,10 +123,11 @@ class RedisStore:
         self._revoke = redis.register_script(_script("revoke"))
         self._login_attempt = redis.register_script(_script("login_attempt"))
         self._login_result = redis.register_script(_script("login_result"))
+        self._redeem = redis.register_script(_script("redeem"))
         self._link_grant = redis.register_script(_script("link_grant"))
         self._end_grant = redis.register_script(_script("end_grant"))
         self._scripts = (self._issue, self._reuse, self._rotate, self._revoke, self._login_attempt,
-                         self._login_result, self._link_grant, self._end_grant)
+                         self._login_result, self._redeem, self._link_grant, self._end_grant)
 
     @map_redis_errors
     async def load_scripts(self) -> None:
@@ -163,6 +173,19 @@ class RedisStore:
         return found[0], int(found[1])
 
     @map_redis_errors
+    async def redeem(self, grant_id: str, code: str, new_access: str, new_refresh: str,
+                     client_id: str, redirect_uri: str, verifier: str, verifier_s256: str,
+                     access_ttl_ms: int, refresh_ttl_ms: int, with_refresh: bool) -> list[str]:
+        """redeem.lua; the answer's first item names the outcome."""
+        out = await self._redeem(
+            keys=[keys.token(grant_id, code), keys.grant_index(grant_id),
+                  keys.token(grant_id, new_access), keys.token(grant_id, new_refresh)],
+            args=[client_id, redirect_uri, verifier, verifier_s256, access_ttl_ms, refresh_ttl_ms,
+                  "1" if with_refresh else "0"],
+        )
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in out]
+
+    @map_redis_errors
     async def get_token(self, grant_id: str, token_digest: str) -> bytes | None:
         raw = await self.redis.get(keys.token(grant_id, token_digest))
         return raw.encode() if isinstance(raw, str) else raw
@@ -198,23 +221,42 @@ class RedisStore:
         return None if raw is None else _client_from(raw)
 
     @map_redis_errors
-    async def put_client(self, client: Client, *, new: bool) -> bool:
-        """Create (only if absent) or replace (only if present) a client, then tell every instance."""
+    async def put_client(self, client: Client, *, new: bool, previous: Client | None = None) -> bool:
+        """Create (only if absent) or replace (only if present) a client, then tell every instance.
+
+        The listing indexes (by creation, by name, by last use) are kept beside the record;
+        `previous` is the record being replaced, whose name entry goes.
+        """
         written = await self.redis.set(keys.client(client.client_id), orjson.dumps(asdict(client)),
                                        nx=new, xx=not new)
         if not written:
             return False
         if new:
-            await self.redis.zadd(keys.CLIENTS_INDEX, {client.client_id: client.created_at})
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(keys.CLIENTS_INDEX, {client.client_id: client.created_at})
+                pipe.zadd(keys.CLIENT_NAMES, {_name_member(client): 0})
+                pipe.zadd(keys.CLIENTS_USED, {client.client_id: 0})
+                await pipe.execute()
         else:
+            if previous is not None and previous.name != client.name:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.zrem(keys.CLIENT_NAMES, _name_member(previous))
+                    pipe.zadd(keys.CLIENT_NAMES, {_name_member(client): 0})
+                    await pipe.execute()
             await self._invalidate(client.client_id)
         return True
 
     @map_redis_errors
     async def delete_client(self, client_id: str) -> bool:
         """Revoke a client: its record goes, so every token it holds fails its client check."""
-        removed = await self.redis.delete(keys.client(client_id))
-        await self.redis.zrem(keys.CLIENTS_INDEX, client_id)
+        current = await self.get_client(client_id)
+        removed = await self.redis.delete(keys.client(client_id), keys.client_usage(client_id))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(keys.CLIENTS_INDEX, client_id)
+            pipe.zrem(keys.CLIENTS_USED, client_id)
+            if current is not None:
+                pipe.zrem(keys.CLIENT_NAMES, _name_member(current))
+            await pipe.execute()
         await self._invalidate(client_id)
         return bool(removed)
 
@@ -252,13 +294,76 @@ class RedisStore:
     @map_redis_errors
     async def list_clients(self, offset: int, limit: int) -> tuple[list[Client], int]:
         """Clients newest first, and how many there are."""
-        ids = await self.redis.zrevrange(keys.CLIENTS_INDEX, offset, offset + limit - 1)
+        found = await self.redis.zrevrange(keys.CLIENTS_INDEX, offset, offset + limit - 1)
+        ids = [_text(m) for m in found]  # type: ignore[arg-type]
         total = await self.redis.zcard(keys.CLIENTS_INDEX)
+        return await self._clients(ids), int(total)
+
+    @map_redis_errors
+    async def browse_clients(self, sort: str, descending: bool, offset: int, limit: int,
+                             prefix: str = "") -> tuple[list[tuple[Client, int]], int]:
+        """A page of clients with their last-use time (ms, 0 = never), and the total matched.
+
+        Every order is an index read (O(log n + page)), so a page costs the same with ten
+        clients or a hundred thousand: `name` and a name prefix read the lexical index,
+        `used` and `created` the scored ones.
+        """
+        r = self.redis
+        if prefix or sort == "name":
+            # Bytewise ranges: "[abc" up to "[abc" + 0xFF covers every UTF-8 name starting "abc".
+            low: bytes = b"[" + prefix.casefold().encode() if prefix else b"-"
+            high: bytes = low + b"\xff" if prefix else b"+"
+            if descending:
+                members = await r.zrevrangebylex(keys.CLIENT_NAMES, high, low, offset, limit)
+            else:
+                members = await r.zrangebylex(keys.CLIENT_NAMES, low, high, offset, limit)
+            total = await r.zlexcount(keys.CLIENT_NAMES, low, high)
+            ids = [_text(m).rpartition("\0")[2] for m in members]
+        else:
+            index = keys.CLIENTS_USED if sort == "used" else keys.CLIENTS_INDEX
+            fetch = r.zrevrange if descending else r.zrange
+            ids = [_text(m) for m in await fetch(index, offset, offset + limit - 1)]  # type: ignore[arg-type]
+            total = await r.zcard(index)
+        clients = await self._clients(ids)
+        used = await r.zmscore(keys.CLIENTS_USED, [c.client_id for c in clients]) if clients else []
+        return [(c, int(u or 0)) for c, u in zip(clients, used, strict=True)], int(total)
+
+    @map_redis_errors
+    async def last_used(self, client_id: str) -> int:
+        return int(await self.redis.zscore(keys.CLIENTS_USED, client_id) or 0)
+
+    async def _clients(self, ids: Sequence[bytes | str]) -> list[Client]:
         if not ids:
-            return [], int(total)
-        names = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
-        raws = await self.redis.mget([keys.client(name) for name in names])
-        return [_client_from(r) for r in raws if r is not None], int(total)
+            return []
+        raws = await self.redis.mget([keys.client(_text(i)) for i in ids])
+        return [_client_from(raw) for raw in raws if raw is not None]
+
+    @map_redis_errors
+    async def record_usage(self, issued: Mapping[str, int], failed: Mapping[str, int],
+                           now_ms: int) -> None:
+        """Fold per-client counts into per-minute buckets (kept two hours) in one pipeline."""
+        minute = now_ms // 60_000
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for prefix, counts in (("i", issued), ("f", failed)):
+                for client_id, n in counts.items():
+                    key = keys.client_usage(client_id)
+                    pipe.hincrby(key, f"{prefix}:{minute}", n)
+                    pipe.expire(key, 7200)
+            if issued:
+                # XX: a revoked client is not brought back into the index.
+                pipe.zadd(keys.CLIENTS_USED, dict.fromkeys(issued, now_ms), xx=True)
+            await pipe.execute()
+
+    @map_redis_errors
+    async def usage(self, client_id: str, now_ms: int, minutes: int = 60) -> tuple[int, int]:
+        """Tokens issued and failed authentications over the last `minutes` minutes."""
+        first = now_ms // 60_000 - minutes + 1
+        totals = {"i": 0, "f": 0}
+        for field, value in (await self.redis.hgetall(keys.client_usage(client_id))).items():
+            kind, _, minute = _text(field).partition(":")
+            if kind in totals and minute.isdigit() and int(minute) >= first:
+                totals[kind] += int(value)
+        return totals["i"], totals["f"]
 
     # -- users --------------------------------------------------------------------------
 
@@ -284,7 +389,8 @@ class RedisStore:
             grant_id = raw.decode() if isinstance(raw, bytes) else str(raw)
             await self._end_grant(keys=[keys.grant_index(grant_id), keys.reuse(grant_id)])
         removed = await self.redis.delete(keys.user(username), keys.user_failures(username),
-                                          keys.user_checks(username), keys.user_grants(username))
+                                          keys.user_checks(username), keys.user_grants(username),
+                                          keys.user_consents(username))
         await self.redis.zrem(keys.USERS_INDEX, username)
         return bool(removed)
 
@@ -312,3 +418,72 @@ class RedisStore:
     @map_redis_errors
     async def reset_failures(self, username: str) -> None:
         await self.redis.delete(keys.user_failures(username))
+
+    # -- sessions and consent (authorization pages) -------------------------------------
+
+    @map_redis_errors
+    async def put_session(self, session_digest: str, record: bytes, ttl_ms: int) -> None:
+        await self.redis.set(keys.session(session_digest), record, px=ttl_ms)
+
+    @map_redis_errors
+    async def get_session(self, session_digest: str) -> bytes | None:
+        raw = await self.redis.get(keys.session(session_digest))
+        return raw.encode() if isinstance(raw, str) else raw
+
+    @map_redis_errors
+    async def delete_session(self, session_digest: str) -> None:
+        await self.redis.delete(keys.session(session_digest))
+
+    @map_redis_errors
+    async def get_consent(self, username: str, client_id: str) -> tuple[frozenset[str], int]:
+        """The scopes the user approved for the client and when (epoch ms; 0 when never)."""
+        raw = await self.redis.hget(keys.user_consents(username), client_id)
+        if not raw:
+            return frozenset(), 0
+        doc = orjson.loads(raw)
+        return frozenset(doc["s"]), int(doc["t"])
+
+    @map_redis_errors
+    async def put_consent(self, username: str, client_id: str, scopes: frozenset[str],
+                          now_ms: int, ttl_ms: int) -> None:
+        """One hash per user, so deleting the user drops every consent with one key."""
+        key = keys.user_consents(username)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, client_id, orjson.dumps({"s": sorted(scopes), "t": now_ms}))
+            pipe.pexpire(key, ttl_ms)
+            await pipe.execute()
+
+    @map_redis_errors
+    async def count_registration(self, address: str, window: int) -> tuple[int, int]:
+        """Count one open registration from `address` in a fixed window of `window` seconds:
+        the attempts so far (this one included) and the seconds the window has left. One MULTI:
+        the counter is born with its TTL (SET NX EX, then INCR keeps it), so no crash between
+        two commands can leave a counter that never expires and locks an address out."""
+        key = keys.registrations(address)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, 0, ex=window, nx=True)
+            pipe.incr(key)
+            pipe.ttl(key)
+            _, count, left = await pipe.execute()
+        return int(count), int(left)
+
+    # -- admin console sessions and once-only forms ----------------------------------------
+
+    @map_redis_errors
+    async def put_admin_session(self, session_digest: str, record: bytes, ttl_ms: int) -> None:
+        await self.redis.set(keys.admin_session(session_digest), record, px=ttl_ms)
+
+    @map_redis_errors
+    async def touch_admin_session(self, session_digest: str, ttl_ms: int) -> bytes | None:
+        """The session, its idle timeout restarted; None when it has ended."""
+        raw = await self.redis.getex(keys.admin_session(session_digest), px=ttl_ms)
+        return raw.encode() if isinstance(raw, str) else raw
+
+    @map_redis_errors
+    async def delete_admin_session(self, session_digest: str) -> None:
+        await self.redis.delete(keys.admin_session(session_digest))
+
+    @map_redis_errors
+    async def first_use(self, nonce_digest: str, ttl_ms: int) -> bool:
+        """True the first time a form nonce is seen (SET NX), False on a resubmission."""
+        return bool(await self.redis.set(keys.once(nonce_digest), b"1", nx=True, px=ttl_ms))

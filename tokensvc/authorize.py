@@ -1,0 +1,422 @@
+"""RFC 6749 §4.1 authorization endpoint: login form, consent form, redirect with a code.
+
+Every page is server-rendered and works without JavaScript. The request's parameters travel
+as hidden form fields, so the service keeps no state for a visitor who has not logged in;
+CSRF tokens are an HMAC of the visitor's cookie under the server key, so they need no storage
+either. Only a logged-in session (and a remembered consent) is written to Redis.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from tokensvc import scopes
+from tokensvc.errors import InvalidGrant, InvalidScope, OAuthError, Throttled, UserLocked, UserNotVerified
+from tokensvc.models import Client, User
+from tokensvc.pages import Pages, static_file
+from tokensvc.params import parse_form, read_body
+from tokensvc.services import Services
+from tokensvc.tokens import digest
+from tokensvc.userauth import authenticate
+
+SESSION_COOKIE = "tsv_session"
+VISITOR_COOKIE = "tsv_visitor"
+STYLESHEET = static_file("tokensvc.css")
+# The parameters of an authorization request that the forms carry along.
+REQUEST_PARAMS = ("response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge",
+                  "code_challenge_method", "prompt")
+# RFC 7636 §4.2: code_challenge = 43*128unreserved (S256 gives exactly 43).
+_CHALLENGE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
+_PROMPTS = ("none", "login", "consent")
+
+
+class ErrorPage(Exception):
+    """The request cannot be trusted to redirect (unknown client, unregistered redirect URI)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class RedirectError(Exception):
+    """RFC 6749 §4.1.2.1: an error told to the client at its (verified) redirect URI."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """A validated authorization request."""
+
+    client: Client
+    redirect_uri: str
+    scope: str
+    state: str | None
+    challenge: str | None
+    method: str | None
+    prompt: str | None
+    raw: dict[str, str]
+
+    @property
+    def scope_set(self) -> frozenset[str]:
+        return frozenset(self.scope.split()) if self.scope else frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    session_id: str
+    username: str
+    # Which incarnation of the user, and which password, the session was opened for: a user
+    # deleted and created again, or given a new password, does not inherit old sessions.
+    user_mark: str
+
+
+def user_mark(user: User) -> str:
+    return digest(f"{user.created_at}:{user.password_hash}")[:16]
+
+
+def _multi(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Every value of every name; empty values count as omitted (RFC 6749 §3.1)."""
+    params: dict[str, list[str]] = {}
+    for name, value in pairs:
+        if value != "":
+            params.setdefault(name, []).append(value)
+    return params
+
+
+def _single(params: Mapping[str, list[str]], name: str) -> str | None:
+    values = params.get(name, [])
+    if len(values) > 1:
+        raise RedirectError("invalid_request", f"The parameter '{name}' was sent more than once.")
+    return values[0] if values else None
+
+
+class AuthorizeEndpoints:
+    """GET/POST /oauth/authorize, POST /oauth/logout and the stylesheet."""
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self.settings = svc.settings
+        self.pages = Pages(svc.settings)
+        self.csrf_for = self.pages.csrf_for
+        self.csrf_ok = self.pages.csrf_ok
+        self.set_cookie = self.pages.set_cookie
+        self.descriptions = dict(svc.settings.scope_descriptions)
+        self.issuer = svc.settings.issuer_url
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def page(self, template: str, status: int = 200, form_target: str | None = None,
+             **context: Any) -> HTMLResponse:
+        return self.pages.render(template, status, form_target=form_target, **context)
+
+    def error_page(self, message: str, status: int = 400) -> HTMLResponse:
+        return self.page("error.html", status, title="This request cannot be completed",
+                         message=message)
+
+    def redirect(self, req: AuthRequest, params: dict[str, str], status: int) -> Response:
+        """Back to the client (RFC 6749 §4.1.2), with RFC 9207's `iss` so mix-ups are caught."""
+        if req.state is not None:
+            params["state"] = req.state
+        params["iss"] = self.issuer
+        sep = "&" if "?" in req.redirect_uri else "?"
+        return RedirectResponse(req.redirect_uri + sep + urlencode(params), status,
+                                headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+
+    def redirect_error(self, req: AuthRequest, exc: RedirectError, status: int) -> Response:
+        return self.redirect(req, {"error": exc.error, "error_description": exc.description}, status)
+
+    @staticmethod
+    def form_target(redirect_uri: str) -> str:
+        """The CSP source that admits a redirect to this URI."""
+        parts = urlsplit(redirect_uri)
+        if parts.scheme in ("http", "https"):
+            return f"{parts.scheme}://{parts.netloc}"
+        return f"{parts.scheme}:"
+
+    # -- the request ---------------------------------------------------------------------
+
+    async def parse(self, params: Mapping[str, list[str]]) -> AuthRequest | tuple[AuthRequest, RedirectError]:
+        """Validate in the order RFC 6749 §4.1.2.1 needs: first what makes a redirect safe."""
+        client_ids = params.get("client_id", [])
+        uris = params.get("redirect_uri", [])
+        if len(client_ids) != 1 or not client_ids[0]:
+            raise ErrorPage("The request names no client (client_id is missing or repeated).")
+        client = await self.svc.clients.get(client_ids[0])
+        if client is None:
+            raise ErrorPage("The application that sent you here is not registered.")
+        if len(uris) != 1 or not uris[0]:
+            raise ErrorPage("The request names no redirect_uri, or names it more than once.")
+        # RFC 9700 §4.1.3: exact string comparison, no prefixes, ports or patterns.
+        if uris[0] not in client.redirect_uris:
+            raise ErrorPage("The redirect_uri is not registered for this application.")
+        raw = {name: values[0] for name, values in params.items()
+               if name in REQUEST_PARAMS and len(values) == 1}
+        state = raw.get("state")
+        req = AuthRequest(client, uris[0], scopes.fmt(client.scopes), state, None, None, None, raw)
+        try:
+            return self._check(req, params)
+        except RedirectError as exc:
+            return req, exc
+
+    def _check(self, req: AuthRequest, params: Mapping[str, list[str]]) -> AuthRequest:
+        for name in REQUEST_PARAMS:
+            _single(params, name)
+        client = req.client
+        response_type = req.raw.get("response_type")
+        if response_type is None:
+            raise RedirectError("invalid_request", "response_type is required.")
+        if response_type != "code":
+            raise RedirectError("unsupported_response_type", "Only response_type=code is supported.")
+        if "authorization_code" not in client.grant_types:
+            raise RedirectError("unauthorized_client",
+                                "This application may not use the authorization code flow.")
+        try:
+            scope = scopes.grant(scopes.parse(req.raw.get("scope")), client.scopes)
+        except InvalidScope as exc:
+            raise RedirectError("invalid_scope", exc.description) from None
+        challenge = req.raw.get("code_challenge")
+        method = req.raw.get("code_challenge_method")
+        if challenge is None:
+            if method is not None:
+                raise RedirectError("invalid_request", "code_challenge_method without code_challenge.")
+            if client.is_public:
+                raise RedirectError("invalid_request",
+                                    "PKCE is required: send code_challenge with method S256.")
+        else:
+            method = method or "plain"  # RFC 7636 §4.3: the default when none is named
+            if method not in ("S256", "plain"):
+                raise RedirectError("invalid_request", "code_challenge_method must be S256.")
+            if method == "plain" and not self.settings.allow_plain_pkce:
+                raise RedirectError("invalid_request",
+                                    "code_challenge_method plain is not allowed; use S256.")
+            if _CHALLENGE.fullmatch(challenge) is None or (method == "S256" and len(challenge) != 43):
+                raise RedirectError("invalid_request", "code_challenge is malformed (RFC 7636 §4.2).")
+        prompt = req.raw.get("prompt")
+        if prompt is not None and prompt not in _PROMPTS:
+            raise RedirectError("invalid_request", "prompt must be none, login or consent.")
+        return AuthRequest(client, req.redirect_uri, scope, req.state, challenge, method, prompt,
+                           req.raw)
+
+    # -- sessions ------------------------------------------------------------------------
+
+    async def session(self, request: Request) -> Session | None:
+        sid = request.cookies.get(SESSION_COOKIE)
+        if not sid or len(sid) > 100:
+            return None
+        raw = await self.svc.store.get_session(digest(sid))
+        if raw is None:
+            return None
+        doc = orjson.loads(raw)
+        return Session(sid, doc["u"], doc.get("m", ""))
+
+    async def start_session(self, response: Response, user: User) -> str:
+        sid = secrets.token_urlsafe(32)
+        record = orjson.dumps({"u": user.username, "m": user_mark(user), "iat": int(time.time())})
+        await self.svc.store.put_session(digest(sid), record, self.settings.session_ttl * 1000)
+        self.set_cookie(response, SESSION_COOKIE, sid, self.settings.session_ttl)
+        return sid
+
+    # -- pages ---------------------------------------------------------------------------
+
+    def login_page(self, request: Request, req: AuthRequest, status: int = 200, error: str | None = None,
+                   username: str = "") -> HTMLResponse:
+        visitor = request.cookies.get(VISITOR_COOKIE)
+        fresh = not visitor or len(visitor) > 100
+        if fresh:
+            visitor = secrets.token_urlsafe(24)
+        assert visitor is not None
+        # The login POST redirects to the client when consent is remembered: form-action must admit it.
+        response = self.page("login.html", status, form_target=self.form_target(req.redirect_uri),
+                             client=req.client, hidden=req.raw, error=error, username=username,
+                             csrf=self.csrf_for(visitor))
+        if fresh:
+            self.set_cookie(response, VISITOR_COOKIE, visitor, None)
+        return response
+
+    def consent_page(self, req: AuthRequest, sid: str, username: str) -> HTMLResponse:
+        described = [(s, self.descriptions.get(s, f"Use the “{s}” permission"))
+                     for s in sorted(req.scope_set)]
+        return self.page("consent.html", form_target=self.form_target(req.redirect_uri),
+                         client=req.client, hidden=req.raw, scopes=described, username=username,
+                         csrf=self.csrf_for(sid), website=req.client.website,
+                         next="/oauth/authorize?" + urlencode(req.raw))
+
+    async def consented(self, username: str, req: AuthRequest) -> bool:
+        if req.prompt == "consent" or self.settings.consent_ttl == 0:
+            return False
+        approved, at = await self.svc.store.get_consent(username, req.client.client_id)
+        fresh = at and time.time() * 1000 - at < self.settings.consent_ttl * 1000
+        return bool(fresh) and req.scope_set <= approved
+
+    async def approve(self, req: AuthRequest, username: str, status: int) -> Response:
+        code = await self.svc.issuer.issue_code(req.client, username, req.scope, req.redirect_uri,
+                                                req.challenge, req.method)
+        return self.redirect(req, {"code": code}, status)
+
+    async def _user(self, session: Session, req: AuthRequest) -> User | None:
+        """The session's user if it is still the same user with the same password; an
+        unverified one is refused where the client requires verified users."""
+        user, _ = await self.svc.store.get_user(session.username)
+        if user is None or not hmac.compare_digest(user_mark(user), session.user_mark):
+            return None
+        if req.client.require_verified_users and not user.verified:
+            raise RedirectError("access_denied", "Your account is not verified.")
+        return user
+
+    # -- endpoints -----------------------------------------------------------------------
+
+    async def authorize(self, request: Request) -> Response:
+        try:
+            if request.method == "GET":
+                return await self._get(request)
+            return await self._post(request)
+        except ErrorPage as exc:
+            return self.error_page(exc.message, exc.status)
+
+    async def _get(self, request: Request) -> Response:
+        parsed = await self.parse(_multi(request.query_params.multi_items()))
+        if isinstance(parsed, tuple):
+            return self.redirect_error(parsed[0], parsed[1], 302)
+        req = parsed
+        try:
+            session = await self.session(request)
+            user = None if session is None else await self._user(session, req)
+            if session is None or user is None or req.prompt == "login":
+                if req.prompt == "none":
+                    raise RedirectError("login_required", "The user is not logged in.")
+                return self.login_page(request, req)
+            if await self.consented(user.username, req):
+                return await self.approve(req, user.username, 302)
+            if req.prompt == "none":
+                raise RedirectError("consent_required", "The user has not approved this application.")
+            return self.consent_page(req, session.session_id, user.username)
+        except RedirectError as exc:
+            return self.redirect_error(req, exc, 302)
+
+    async def _post(self, request: Request) -> Response:
+        params = await self._form(request)
+        parsed = await self.parse(params)
+        if isinstance(parsed, tuple):
+            return self.redirect_error(parsed[0], parsed[1], 303)
+        req = parsed
+        form = {name: values[0] for name, values in params.items() if len(values) == 1}
+        action = form.get("action")
+        csrf = form.get("csrf")
+        try:
+            if action == "login":
+                if not self.csrf_ok(request.cookies.get(VISITOR_COOKIE), csrf):
+                    return self.error_page("The form has expired or did not come from this site. "
+                                           "Go back and try again.", 403)
+                return await self._login(request, req, form.get("username"), form.get("password"))
+            session = await self.session(request)
+            if session is None or not self.csrf_ok(session.session_id, csrf):
+                return self.error_page("The form has expired or did not come from this site. "
+                                       "Go back and try again.", 403)
+            user = await self._user(session, req)
+            if user is None:
+                return self.login_page(request, req)
+            if action == "deny":
+                raise RedirectError("access_denied", "The user denied the request.")
+            if action != "approve":
+                return self.error_page("Unknown action.")
+            ttl = self.settings.consent_ttl * 1000
+            if ttl:
+                approved, at = await self.svc.store.get_consent(user.username, req.client.client_id)
+                fresh = at and time.time() * 1000 - at < ttl
+                await self.svc.store.put_consent(user.username, req.client.client_id,
+                                                 req.scope_set | (approved if fresh else frozenset()),
+                                                 int(time.time() * 1000), ttl)
+            return await self.approve(req, user.username, 303)
+        except RedirectError as exc:
+            return self.redirect_error(req, exc, 303)
+
+    async def _form(self, request: Request) -> dict[str, list[str]]:
+        """The posted form; anything else is an error page, not a JSON error."""
+        ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if ctype != "application/x-www-form-urlencoded":
+            raise ErrorPage("The form was not sent as a form.", 415)
+        try:
+            return _multi(parse_form(await read_body(request, self.settings.max_body_size)))
+        except OAuthError as exc:
+            raise ErrorPage(exc.description, exc.status_code) from None
+
+    async def _login(self, request: Request, req: AuthRequest, username: str | None,
+                     password: str | None) -> Response:
+        if username is None or password is None:
+            return self.login_page(request, req, 400, "Enter your username and password.")
+        try:
+            user = await authenticate(self.svc.store, self.svc.hasher, self.settings, req.client,
+                                      username, password)
+        except (InvalidGrant, UserLocked, UserNotVerified, Throttled) as exc:
+            return self.login_page(request, req, exc.status_code, self._login_error(exc), username)
+        # A new session id at login: a session fixed by someone else before it is worth nothing,
+        # and the one this browser held before (another user, or an older sign-in) ends here.
+        previous = request.cookies.get(SESSION_COOKIE)
+        if previous and len(previous) <= 100:
+            await self.svc.store.delete_session(digest(previous))
+        if await self.consented(user.username, req):
+            response = await self.approve(req, user.username, 303)
+            await self.start_session(response, user)
+            return response
+        placeholder = HTMLResponse("")
+        sid = await self.start_session(placeholder, user)
+        response = self.consent_page(req, sid, user.username)
+        response.headers.append("set-cookie", placeholder.headers["set-cookie"])
+        return response
+
+    @staticmethod
+    def _login_error(exc: OAuthError) -> str:
+        if isinstance(exc, UserLocked):
+            return "This account is locked after too many failed sign-ins. Contact an administrator."
+        if isinstance(exc, UserNotVerified):
+            return "This account is not verified yet, and this application requires verified accounts."
+        if isinstance(exc, Throttled):
+            return "Too many sign-ins at once for this account. Wait a moment and try again."
+        return "The username or password is wrong."
+
+    async def logout(self, request: Request) -> Response:
+        """End the session. POST with the CSRF token; GET shows the button that does it."""
+        session = await self.session(request)
+        if request.method == "GET":
+            if session is None:
+                return self.page("logged_out.html")
+            return self.page("logout.html", csrf=self.csrf_for(session.session_id),
+                             username=session.username, next="")
+        try:
+            params = await self._form(request)
+        except ErrorPage as exc:
+            return self.error_page(exc.message, exc.status)
+        form = {name: values[0] for name, values in params.items() if len(values) == 1}
+        if session is not None:
+            if not self.csrf_ok(session.session_id, form.get("csrf")):
+                return self.error_page("The form has expired or did not come from this site.", 403)
+            await self.svc.store.delete_session(digest(session.session_id))
+        nxt = form.get("next")
+        if nxt is not None and nxt.startswith("/oauth/authorize?"):
+            response: Response = RedirectResponse(nxt, 303)  # back to the login form, same request
+        else:
+            response = self.page("logged_out.html")
+        self.pages.delete_cookie(response, SESSION_COOKIE)
+        return response
+
+    async def stylesheet(self, request: Request) -> Response:
+        return Response(STYLESHEET, media_type="text/css",
+                        headers={"Cache-Control": "public, max-age=3600",
+                                 "X-Content-Type-Options": "nosniff"})
+

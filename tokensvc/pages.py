@@ -1,0 +1,79 @@
+"""Server-rendered HTML: the Jinja2 environment, security headers, CSRF tokens and cookies.
+
+Shared by the authorization pages and the admin console, so both send the same strict
+headers: no framing, no inline script or style, nothing cached, no referrer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.responses import HTMLResponse, Response
+
+from tokensvc.settings import Settings
+
+TEMPLATES = Path(__file__).parent / "templates"
+STATIC = Path(__file__).parent / "static"
+
+
+class Pages:
+    """Renders templates with the service's headers; one per worker, built at start-up."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(),
+                               auto_reload=False)
+        self.env.filters["datetime"] = _datetime
+        self.secure_cookies = settings.issuer_url.startswith("https://")
+        self._csrf_key = hashlib.sha256(b"tokensvc csrf\x00" + settings.secret_keys[0].encode()).digest()
+
+    def csrf_for(self, cookie: str) -> str:
+        """A form token bound to the visitor's cookie; a cross-site form cannot know it."""
+        return hmac.new(self._csrf_key, cookie.encode(), hashlib.sha256).hexdigest()[:43]
+
+    def csrf_ok(self, cookie: str | None, presented: str | None) -> bool:
+        if not cookie or not presented:
+            return False
+        return hmac.compare_digest(self.csrf_for(cookie), presented)
+
+    def render(self, template: str, status: int = 200, *, form_target: str | None = None,
+               scripts: bool = False, **context: Any) -> HTMLResponse:
+        html = self.env.get_template(template).render(**context)
+        # form-action must also allow a redirect that follows a form submission (Chromium
+        # checks it against the redirect's target).
+        actions = "'self'" + (f" {form_target}" if form_target else "")
+        script = "script-src 'self'; connect-src 'self'; " if scripts else ""
+        headers = {
+            "Cache-Control": "no-store",
+            "Pragma": "no-cache",
+            "X-Frame-Options": "DENY",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Content-Security-Policy": (f"default-src 'none'; style-src 'self'; img-src 'self'; "
+                                        f"{script}form-action {actions}; frame-ancestors 'none'; "
+                                        f"base-uri 'none'"),
+        }
+        return HTMLResponse(html, status, headers)
+
+    def set_cookie(self, response: Response, name: str, value: str, max_age: int | None,
+                   path: str = "/", samesite: str = "lax") -> None:
+        response.set_cookie(name, value, max_age=max_age, path=path, httponly=True,
+                            samesite=samesite,  # type: ignore[arg-type]
+                            secure=self.secure_cookies)
+
+    def delete_cookie(self, response: Response, name: str, path: str = "/",
+                      samesite: str = "lax") -> None:
+        response.delete_cookie(name, path=path, httponly=True, samesite=samesite,  # type: ignore[arg-type]
+                               secure=self.secure_cookies)
+
+
+def _datetime(epoch_seconds: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch_seconds))
+
+
+def static_file(name: str) -> bytes:
+    return (STATIC / name).read_bytes()

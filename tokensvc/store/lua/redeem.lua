@@ -1,0 +1,61 @@
+-- redeem.lua: RFC 6749 §4.1.3 code redemption with RFC 7636 PKCE, single use.
+-- KEYS[1]=code key  KEYS[2]=grant index  KEYS[3]=new access key  KEYS[4]=new refresh key
+-- (all in the code's {g:...} slot)
+-- ARGV[1]=client id  ARGV[2]=redirect_uri as sent  ARGV[3]=code_verifier ('' = none sent)
+-- ARGV[4]=base64url(SHA-256(code_verifier))  ARGV[5]=access TTL ms  ARGV[6]=refresh TTL ms
+-- ARGV[7]='1' to issue a refresh token too
+-- Returns {'OK', username, scope, now ms} or {'UNKNOWN'|'REPLAY'|'CLIENT'|'REDIRECT'|'PKCE'}.
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {'UNKNOWN'} end
+local rec = cjson.decode(raw)
+if rec.k ~= 'ac' then return {'UNKNOWN'} end
+if rec.used then
+  -- RFC 6749 §4.1.2: a code used twice revokes every token already issued from it. The spent
+  -- code itself stays (until its own TTL), so later replays are named for what they are.
+  for _, key in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    if key ~= KEYS[1] then redis.call('DEL', key) end
+  end
+  redis.call('DEL', KEYS[2])
+  return {'REPLAY'}
+end
+if rec.c ~= ARGV[1] then return {'CLIENT'} end
+local verifier = ARGV[3]
+local bad = rec.ru ~= ARGV[2]
+if not bad then
+  if rec.cc then
+    if rec.ccm == 'S256' then bad = ARGV[4] ~= rec.cc else bad = verifier ~= rec.cc end
+  else
+    -- RFC 9700 §2.1.1: a verifier without a challenge in the authorization request is refused.
+    bad = verifier ~= ''
+  end
+end
+if bad then
+  -- A code presented with the wrong redirect URI or verifier is spent: whoever holds it
+  -- without the verifier must not get to try again.
+  redis.call('DEL', KEYS[1])
+  if rec.ru ~= ARGV[2] then return {'REDIRECT'} end
+  return {'PKCE'}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+rec.used = now
+redis.call('SET', KEYS[1], cjson.encode(rec), 'KEEPTTL')
+local at_ttl = tonumber(ARGV[5])
+local rt_ttl = tonumber(ARGV[6])
+local access = {k = 'at', c = rec.c, u = rec.u, s = rec.s, g = rec.g, iat = now, exp = now + at_ttl}
+redis.call('SET', KEYS[3], cjson.encode(access), 'PX', at_ttl)
+redis.call('SADD', KEYS[2], KEYS[3])
+local keep = at_ttl
+if ARGV[7] == '1' then
+  local refresh = {k = 'rt', c = rec.c, u = rec.u, s = rec.s, gs = rec.s, g = rec.g,
+                   iat = now, exp = now + rt_ttl}
+  redis.call('SET', KEYS[4], cjson.encode(refresh), 'PX', rt_ttl)
+  redis.call('SADD', KEYS[2], KEYS[4])
+  keep = math.max(at_ttl, rt_ttl)
+end
+if redis.call('PTTL', KEYS[2]) < keep then
+  redis.call('PEXPIRE', KEYS[2], keep)
+end
+-- The spent code is kept as long as its tokens, so a replay at any time still revokes them.
+redis.call('PEXPIRE', KEYS[1], keep)
+return {'OK', rec.u, rec.s, now}
