@@ -17,6 +17,7 @@ from starlette.routing import Route
 from tokensvc import settings as settings_mod
 from tokensvc.admin import AdminEndpoints
 from tokensvc.authorize import AuthorizeEndpoints
+from tokensvc.console import Console
 from tokensvc.discovery import DiscoveryEndpoints
 from tokensvc.errors import OAuthError, StoreUnavailable
 from tokensvc.oauth import OAuthEndpoints
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     admin = AdminEndpoints(svc)
     registration = RegistrationEndpoints(svc, admin)
     authorize = AuthorizeEndpoints(svc)
+    console = Console(svc, admin.registry)
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
@@ -58,6 +60,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", discovery.healthz, methods=["GET"]),
         Route("/readyz", discovery.readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/admin", console.clients, methods=["GET"]),
+        Route("/admin/console/login", console.login, methods=["GET", "POST"]),
+        Route("/admin/console/logout", console.logout, methods=["POST"]),
+        Route("/admin/console/clients", console.create_client, methods=["POST"]),
+        Route("/admin/console/clients/new", console.new_client, methods=["GET"]),
+        Route("/admin/console/clients/{client_id}", console.client, methods=["GET"]),
+        Route("/admin/console/clients/{client_id}", console.client_action, methods=["POST"]),
+        Route("/admin/console/clients/{client_id}/usage", console.usage, methods=["GET"]),
+        Route("/admin/console/users", console.users, methods=["GET"]),
+        Route("/admin/console/users", console.user_action, methods=["POST"]),
+        Route("/static/console.js", console.script, methods=["GET"]),
         Route("/admin/clients", admin.clients, methods=["GET", "POST"]),
         Route("/admin/clients/{client_id}", admin.client, methods=["GET", "PATCH", "DELETE"]),
         Route("/admin/clients/{client_id}/secret", admin.client_secret, methods=["POST"]),
