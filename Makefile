@@ -10,7 +10,7 @@ ARGS ?=
 # The browser tests drive Debian's chromium through playwright; no browser build is downloaded.
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: venv redis browser run check test test-fast
+.PHONY: venv redis browser prometheus run check test test-fast
 
 venv: $(STAMP)
 
@@ -55,6 +55,27 @@ browser:
 		echo "  Debian/Ubuntu: sudo apt-get install chromium" >&2; \
 	fi
 
+# tests/test_prometheus.py runs Debian's prometheus and promtool; without them (not root, no
+# apt-get) those tests are skipped, not failed. Waits for a running apt-get/dpkg as `browser` does.
+prometheus:
+	@have() { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; }; \
+	if ! have && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		for i in $$(seq 600); do pgrep -x 'apt|apt-get|dpkg' >/dev/null 2>&1 || break; \
+			if [ "$$i" = 1 ]; then echo "waiting for a running apt-get/dpkg to finish"; fi; \
+			sleep 2; \
+		done; \
+	fi; \
+	if have; then \
+		echo "prometheus: $$(command -v prometheus), promtool: $$(command -v promtool)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "prometheus/promtool are missing; installing Debian's prometheus package with apt-get"; \
+		apt-get -o DPkg::Lock::Timeout=600 update && DEBIAN_FRONTEND=noninteractive \
+			apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends prometheus; \
+	else \
+		echo "prometheus/promtool are missing, so the Prometheus tests will be skipped. Install them:" >&2; \
+		echo "  Debian/Ubuntu: sudo apt-get install prometheus" >&2; \
+	fi
+
 run: venv redis
 	$(BIN)/tokensvc serve $(ARGS)
 
@@ -62,8 +83,8 @@ check: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: venv redis browser check
+test: venv redis browser prometheus check
 	$(BIN)/pytest $(ARGS)
 
-test-fast: venv redis browser check
+test-fast: venv redis browser prometheus check
 	$(BIN)/pytest -m "not slow" $(ARGS)

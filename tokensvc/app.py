@@ -7,14 +7,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tokensvc import settings as settings_mod
+from tokensvc import metrics as metrics_mod, settings as settings_mod
 from tokensvc.admin import AdminEndpoints
 from tokensvc.authorize import AuthorizeEndpoints
 from tokensvc.console import Console
@@ -42,8 +42,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     authorize = AuthorizeEndpoints(svc)
     console = Console(svc, admin.registry)
 
+    metrics_mod.configure(settings.metrics, settings.metrics_client_label)
+
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics_mod.exposition(), media_type=metrics_mod.CONTENT_TYPE_LATEST)
 
     routes = [
         Route("/oauth/token", oauth.token, methods=["POST"]),
@@ -59,7 +61,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/.well-known/oauth-authorization-server", discovery.metadata, methods=["GET"]),
         Route("/healthz", discovery.healthz, methods=["GET"]),
         Route("/readyz", discovery.readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
         Route("/admin", console.clients, methods=["GET"]),
         Route("/admin/console/login", console.login, methods=["GET", "POST"]),
         Route("/admin/console/logout", console.logout, methods=["POST"]),
@@ -80,6 +81,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/client", registration.api_client, methods=["POST"]),
         Route("/oauth/register", registration.register, methods=["POST"]),
     ]
+    if settings.metrics and not settings.metrics_port:
+        # With a metrics port, the CLI serves the scrape there and the public port has none.
+        routes.append(Route("/metrics", metrics, methods=["GET"]))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -91,14 +95,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         assert settings.redis_url is not None
         listener = asyncio.create_task(svc.clients.listen(settings.redis_url,
                                                           settings.redis_timeout))
-        flusher = asyncio.create_task(svc.usage.run())
+        tasks = [listener, asyncio.create_task(svc.usage.run())]
+        if settings.metrics:
+            tasks.append(asyncio.create_task(metrics_mod.flush_forever()))
         try:
             yield
         finally:
-            for task in (listener, flusher):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            metrics_mod.worker_exit()
             await svc.store.close()
 
     async def on_oauth_error(request: Request, exc: Exception) -> Response:
@@ -122,6 +129,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     app = Starlette(
         routes=routes,
+        middleware=[Middleware(metrics_mod.MetricsMiddleware)] if settings.metrics else [],
         lifespan=lifespan,
         exception_handlers={
             OAuthError: on_oauth_error,

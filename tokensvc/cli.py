@@ -187,6 +187,8 @@ def serve(**flags: Any) -> None:
         _banner(cfg, embedded, admin_key_given)
         # create_app() in each worker reads its settings from the environment.
         os.environ.update(cfg.to_env())
+        if cfg.metrics:
+            _metrics_files(cfg)
         uvicorn.run(
             "tokensvc.app:create_app", factory=True, host=cfg.host, port=cfg.port,
             workers=cfg.workers, loop="uvloop", http="httptools", lifespan="on",
@@ -202,6 +204,30 @@ def serve(**flags: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if embedded is not None:
             embedded.stop()
+
+
+def _metrics_files(cfg: Settings) -> None:
+    """Every worker writes its metrics to files in one directory, so a scrape sums them all and
+    a restarted worker's counts survive it. The directory is emptied at start (prometheus-client
+    requires it: stale files would add a previous run's counts). With `metrics_port`, this
+    process serves the scrape on that port, away from the public one."""
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    path = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or cfg.data_dir / f"metrics-{cfg.port}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    except OSError as exc:
+        raise CliError(f"cannot use {path} for the metrics files: {exc}") from None
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path.resolve())
+    if cfg.metrics_port:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        try:
+            start_http_server(cfg.metrics_port, addr=cfg.host, registry=registry)
+        except OSError as exc:
+            raise CliError(f"cannot serve metrics on {cfg.host}:{cfg.metrics_port}: {exc}") from None
 
 
 def _log_config(level: str) -> dict[str, Any]:

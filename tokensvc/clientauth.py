@@ -7,6 +7,7 @@ import binascii
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
+from tokensvc import metrics
 from tokensvc.clients import ClientDirectory
 from tokensvc.errors import InvalidClient, InvalidRequest
 from tokensvc.models import Client
@@ -37,7 +38,21 @@ def _basic(header: str) -> tuple[str, str]:
 
 async def authenticate(authorization: str | None, params: Params, clients: ClientDirectory,
                        *, allow_public: bool) -> Authenticated:
-    """The calling client, or InvalidClient / InvalidRequest as RFC 6749 §5.2 says."""
+    """The calling client, or InvalidClient / InvalidRequest as RFC 6749 §5.2 says.
+
+    Every refusal counts as a client authentication failure in the metrics, whatever the
+    endpoint and whatever was wrong (unknown client, wrong or missing secret, bad Basic).
+    """
+    try:
+        return await _authenticate(authorization, params, clients, allow_public=allow_public)
+    except InvalidClient:
+        client_id = params.get("client_id")
+        metrics.client_auth_failed(client_id if client_id is not None else "unknown")
+        raise
+
+
+async def _authenticate(authorization: str | None, params: Params, clients: ClientDirectory,
+                        *, allow_public: bool) -> Authenticated:
     uses_basic = authorization is not None and authorization[:6].lower() == "basic "
     if uses_basic:
         assert authorization is not None

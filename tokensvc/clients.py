@@ -19,6 +19,7 @@ from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from tokensvc import metrics
 from tokensvc.hashing import Hasher
 from tokensvc.models import Client
 from tokensvc.store import keys
@@ -92,6 +93,7 @@ class ClientDirectory:
         if (entry is not None and entry.client is client and entry.verified is not None
                 and hmac.compare_digest(entry.verified, presented)):
             self.cache_hits += 1
+            metrics.secret_cache_hit()
             return True
         key = (client.client_id, presented)
         pending = self._inflight.get(key)
@@ -101,7 +103,7 @@ class ClientDirectory:
         self._inflight[key] = future
         try:
             self.argon2_runs += 1
-            ok = await self.hasher.verify(client.secret_hash, secret)
+            ok = await self.hasher.verify(client.secret_hash, secret, "client_secret")
             future.set_result(ok)
         except BaseException as exc:
             future.set_exception(exc)

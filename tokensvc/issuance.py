@@ -12,6 +12,7 @@ import time
 
 import orjson
 
+from tokensvc import metrics
 from tokensvc.clients import ClientDirectory
 from tokensvc.errors import InvalidGrant, InvalidScope
 from tokensvc.models import Client, TokenRecord, TokenResponse
@@ -173,6 +174,7 @@ class TokenIssuer:
         # (the cascade over the user's grants) ends a code not yet redeemed, too.
         await self.store.issue(grant_id, [(keys.token(grant_id, code.digest), orjson.dumps(record), ttl)])
         await self.store.link_user_grant(username, grant_id, ttl)
+        metrics.code_event("issued")
         return code.token
 
     async def redeem(self, client: Client, code: str, redirect_uri: str,
@@ -191,7 +193,10 @@ class TokenIssuer:
                                       client.client_id, redirect_uri, verifier or "", s256,
                                       at_ttl, rt_ttl, with_refresh)
         outcome = out[0]
+        if outcome == "REPLAY":
+            metrics.code_event("replayed")
         if outcome == "OK":
+            metrics.code_event("redeemed")
             username, scope = out[1], out[2]
             await self.store.link_user_grant(username, parsed.grant_id,
                                              max(at_ttl, rt_ttl) if with_refresh else at_ttl)
@@ -220,6 +225,7 @@ class TokenIssuer:
         if outcome == "SCOPE":
             raise InvalidScope("The requested scope exceeds the scope originally granted.")
         if outcome == "REUSED":
+            metrics.refresh_reuse()
             raise InvalidGrant("The refresh token was already used; the grant has been revoked.")
         if outcome == "CLIENT":
             raise InvalidGrant("The refresh token was issued to another client.")

@@ -5,10 +5,13 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tokensvc import metrics
 from tokensvc.clientauth import authenticate
 from tokensvc.errors import (
     InvalidRequest,
     InvalidToken,
+    OAuthError,
+    StoreUnavailable,
     UnauthorizedClient,
     UnsupportedGrantType,
     UnsupportedTokenType,
@@ -39,6 +42,16 @@ class OAuthEndpoints:
         self.limit = svc.settings.max_body_size
 
     async def token(self, request: Request) -> Response:
+        try:
+            return await self._token(request)
+        except OAuthError as exc:
+            metrics.token_error(exc.error)
+            raise
+        except StoreUnavailable:
+            metrics.token_error("temporarily_unavailable")
+            raise
+
+    async def _token(self, request: Request) -> Response:
         svc = self.svc
         params = await read_params(request, self.limit)
         grant_type = params.get("grant_type")
@@ -54,6 +67,7 @@ class OAuthEndpoints:
         result = await grant.handle(GrantContext(auth.client, params, svc.issuer, svc.store,
                                                  svc.hasher, svc.settings))
         svc.usage.issued(auth.client.client_id)
+        metrics.token_issued(grant_type, auth.client.client_id)
         return json_response(result.to_dict(), no_store=True)
 
     async def revoke(self, request: Request) -> Response:
@@ -94,6 +108,8 @@ class OAuthEndpoints:
                                          username)
         if outcome == "FORBIDDEN":
             raise UnauthorizedClient("The token was not issued to this client.")
+        if outcome == "OK":
+            metrics.revoked(hint)
         return Response(status_code=200)
 
     async def introspect(self, request: Request) -> Response:

@@ -159,6 +159,9 @@ class Settings:
     max_body_size: int = 65536
     retry_after: int = 1
     log_level: str = "info"
+    metrics: bool = True
+    metrics_port: int = 0
+    metrics_client_label: bool = False
 
     @property
     def issuer_url(self) -> str:
@@ -233,6 +236,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_body_size", "Largest request body accepted, bytes (413 beyond).", _int, _at_least(1024)),
     Option("retry_after", "Retry-After seconds sent with 503.", _int, _at_least(1)),
     Option("log_level", "Log level.", lambda s: s.strip().lower(), _log_level),
+    Option("metrics", "Record Prometheus metrics (off: no recording at all, for comparison).", _bool),
+    Option("metrics_port", "Serve /metrics on this port instead of the service port; 0 = the "
+           "service port.", _int, lambda v: None if 0 <= v <= 65535 else "must be 0-65535"),
+    Option("metrics_client_label", "Add a client label to per-client metrics (at most 100 clients "
+           "per worker are named, the rest are 'other').", _bool),
 )
 _BY_NAME = {opt.name: opt for opt in OPTIONS}
 

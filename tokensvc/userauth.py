@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from tokensvc import metrics
 from tokensvc.errors import InvalidGrant, Throttled, UserLocked, UserNotVerified
 from tokensvc.hashing import Hasher
 from tokensvc.models import Client, User
@@ -66,6 +67,8 @@ async def authenticate(store: RedisStore, hasher: Hasher, settings: Settings, cl
         failures = await store.login_result(username, ok, settings.lockout_period * 1000)
     if not ok:
         if failures >= limit:
+            if failures == limit:
+                metrics.locked_out()
             raise UserLocked(LOCKED)
         raise InvalidGrant(BAD_CREDENTIALS)
     if client.require_verified_users and not user.verified:

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
 from importlib import resources
@@ -22,6 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
 
+from tokensvc import metrics
 from tokensvc.errors import StoreUnavailable
 from tokensvc.models import Client, TokenRecord, User
 from tokensvc.store import keys
@@ -35,12 +37,19 @@ R = TypeVar("R")
 def map_redis_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Turn any Redis failure (down, slow, read-only, OOM) into StoreUnavailable."""
 
+    operation = fn.__name__
+    metrics.STORE_OPERATIONS.add(operation)
+
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        start = time.perf_counter()
         try:
-            return await fn(*args, **kwargs)
+            result = await fn(*args, **kwargs)
         except (RedisError, OSError) as exc:
+            metrics.store_operation(operation, time.perf_counter() - start, True)
             raise StoreUnavailable(type(exc).__name__) from exc
+        metrics.store_operation(operation, time.perf_counter() - start, False)
+        return result
 
     return wrapper
 
