@@ -193,6 +193,7 @@ def serve(**flags: Any) -> None:
             "tokensvc.app:create_app", factory=True, host=cfg.host, port=cfg.port,
             workers=cfg.workers, loop="uvloop", http="httptools", lifespan="on",
             log_level=cfg.log_level, log_config=_log_config(cfg.log_level),
+            access_log=cfg.access_log,
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         )

@@ -8,6 +8,7 @@ from tokensvc.clients import ClientDirectory
 from tokensvc.hashing import Hasher
 from tokensvc.issuance import TokenIssuer
 from tokensvc.settings import Settings
+from tokensvc.store.fastredis import FastRedis
 from tokensvc.store.redis import RedisStore, connect
 from tokensvc.tokens import TokenCodec
 from tokensvc.usage import Usage
@@ -30,7 +31,8 @@ class Services:
             raise ValueError("a Redis URL is required (the CLI starts an embedded one)")
         store = RedisStore(connect(settings.redis_url, timeout=settings.redis_timeout,
                                    pool_size=settings.redis_pool_size),
-                           ack_timeout=settings.redis_timeout)
+                           ack_timeout=settings.redis_timeout,
+                           fast=FastRedis(settings.redis_url, settings.redis_timeout))
         codec = TokenCodec(settings.secret_keys)
         hasher = Hasher(settings.password_time_cost, settings.password_memory_cost,
                         settings.password_parallelism)

@@ -159,6 +159,7 @@ class Settings:
     max_body_size: int = 65536
     retry_after: int = 1
     log_level: str = "info"
+    access_log: bool = False
     metrics: bool = True
     metrics_port: int = 0
     metrics_client_label: bool = False
@@ -236,6 +237,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_body_size", "Largest request body accepted, bytes (413 beyond).", _int, _at_least(1024)),
     Option("retry_after", "Retry-After seconds sent with 503.", _int, _at_least(1)),
     Option("log_level", "Log level.", lambda s: s.strip().lower(), _log_level),
+    Option("access_log", "Log one line per request (uvicorn's access log; costs throughput).",
+           _bool),
     Option("metrics", "Record Prometheus metrics (off: no recording at all, for comparison).", _bool),
     Option("metrics_port", "Serve /metrics on this port instead of the service port; 0 = the "
            "service port.", _int, lambda v: None if 0 <= v <= 65535 else "must be 0-65535"),

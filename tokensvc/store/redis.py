@@ -21,12 +21,14 @@ import orjson
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError, RedisError, ResponseError
 
 from tokensvc import metrics
 from tokensvc.errors import StoreUnavailable
 from tokensvc.models import Client, TokenRecord, User
 from tokensvc.store import keys
+from tokensvc.store.fastredis import FastRedis
 
 log = logging.getLogger("tokensvc.store")
 
@@ -123,8 +125,12 @@ def _user_from(raw: bytes | str) -> User:
 class RedisStore:
     """The single place tokensvc talks to Redis."""
 
-    def __init__(self, redis: aioredis.Redis, ack_timeout: float = 1.0) -> None:
+    def __init__(self, redis: aioredis.Redis, ack_timeout: float = 1.0,
+                 fast: FastRedis | None = None) -> None:
         self.redis = redis
+        # The hot path's commands (token writes and reads, the issue/reuse/rotate scripts) go
+        # through the auto-pipelining client when there is one; everything else uses redis-py.
+        self.fast = fast
         self.ack_timeout = ack_timeout
         self._issue = redis.register_script(_script("issue"))
         self._reuse = redis.register_script(_script("reuse"))
@@ -144,11 +150,27 @@ class RedisStore:
         for script in self._scripts:
             script.sha = await self.redis.script_load(script.script)
 
+    async def _run(self, script: AsyncScript, keys_: list[str], args: list[Any]) -> Any:
+        """EVALSHA through the fast client (or redis-py's Script); a Redis that lost its script
+        cache (restart, SCRIPT FLUSH) gets the script body once with EVAL."""
+        if self.fast is None:
+            return await script(keys=keys_, args=args)
+        try:
+            return await self.fast.execute("EVALSHA", script.sha, len(keys_), *keys_, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            body = script.script
+            return await self.fast.execute("EVAL", body if isinstance(body, str | bytes) else bytes(body),
+                                           len(keys_), *keys_, *args)
+
     @map_redis_errors
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
     async def close(self) -> None:
+        if self.fast is not None:
+            self.fast.close()
         await self.redis.aclose(close_connection_pool=True)
 
     # -- tokens -------------------------------------------------------------------------
@@ -156,7 +178,10 @@ class RedisStore:
     @map_redis_errors
     async def put_token(self, key: str, record: bytes, ttl_ms: int) -> None:
         """A lone token (client_credentials): one SET, nothing else to keep consistent."""
-        await self.redis.set(key, record, px=ttl_ms)
+        if self.fast is not None:
+            await self.fast.execute("SET", key, record, "PX", ttl_ms)
+        else:
+            await self.redis.set(key, record, px=ttl_ms)
 
     @map_redis_errors
     async def issue(self, grant_id: str, tokens: Sequence[tuple[str, bytes, int]]) -> None:
@@ -164,7 +189,7 @@ class RedisStore:
         args: list[Any] = [max(ttl for _, _, ttl in tokens)]
         for _, record, ttl in tokens:
             args += [record, ttl]
-        await self._issue(keys=[keys.grant_index(grant_id), *(k for k, _, _ in tokens)], args=args)
+        await self._run(self._issue, [keys.grant_index(grant_id), *(k for k, _, _ in tokens)], args)
 
     @map_redis_errors
     async def reuse_or_issue(self, grant_id: str, reuse_record: bytes, reuse_ttl_ms: int,
@@ -173,10 +198,9 @@ class RedisStore:
         args: list[Any] = [reuse_record, reuse_ttl_ms, max(ttl for _, _, ttl in tokens)]
         for _, record, ttl in tokens:
             args += [record, ttl]
-        found = await self._reuse(
-            keys=[keys.reuse(grant_id), keys.grant_index(grant_id), *(k for k, _, _ in tokens)],
-            args=args,
-        )
+        found = await self._run(
+            self._reuse, [keys.reuse(grant_id), keys.grant_index(grant_id), *(k for k, _, _ in tokens)],
+            args)
         if not found:
             return None
         return found[0], int(found[1])
@@ -196,7 +220,8 @@ class RedisStore:
 
     @map_redis_errors
     async def get_token(self, grant_id: str, token_digest: str) -> bytes | None:
-        raw = await self.redis.get(keys.token(grant_id, token_digest))
+        key = keys.token(grant_id, token_digest)
+        raw = await (self.fast.execute("GET", key) if self.fast is not None else self.redis.get(key))
         return raw.encode() if isinstance(raw, str) else raw
 
     @map_redis_errors
@@ -204,11 +229,11 @@ class RedisStore:
                      client_id: str, scope: str, access_ttl_ms: int, refresh_ttl_ms: int,
                      grace_ms: int) -> list[str]:
         """rotate.lua; the answer's first item names the outcome."""
-        out = await self._rotate(
-            keys=[keys.token(grant_id, presented), keys.grant_index(grant_id), keys.reuse(grant_id),
-                  keys.token(grant_id, new_access), keys.token(grant_id, new_refresh)],
-            args=[client_id, scope, access_ttl_ms, refresh_ttl_ms, grace_ms],
-        )
+        out = await self._run(
+            self._rotate,
+            [keys.token(grant_id, presented), keys.grant_index(grant_id), keys.reuse(grant_id),
+             keys.token(grant_id, new_access), keys.token(grant_id, new_refresh)],
+            [client_id, scope, access_ttl_ms, refresh_ttl_ms, grace_ms])
         return [x.decode() if isinstance(x, bytes) else str(x) for x in out]
 
     @map_redis_errors
