@@ -56,8 +56,9 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                if redis.Redis(port=self.port, socket_timeout=0.2).ping():
-                    return
+                with redis.Redis(port=self.port, socket_timeout=0.2) as probe:
+                    if probe.ping():
+                        return
             except redis.ConnectionError:
                 time.sleep(0.02)
         raise RuntimeError("redis-server did not start")

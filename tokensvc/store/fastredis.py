@@ -128,12 +128,16 @@ class FastRedis:
                          else ("AUTH", self._password))
         if self._db:
             setup.append(("SELECT", self._db))
-        for command in setup:
-            future: asyncio.Future[Any] = loop.create_future()
-            proto.waiting.append((future, time.monotonic()))
-            assert proto.transport is not None
-            proto.transport.write(_encode(command))
-            await future
+        try:
+            for command in setup:
+                future: asyncio.Future[Any] = loop.create_future()
+                proto.waiting.append((future, time.monotonic()))
+                proto.transport.write(_encode(command))
+                await future
+        except BaseException:
+            # Refused or cut short by the timeout: the half-set-up connection must not linger.
+            proto.fail(RedisConnectionError("Redis refused the connection set-up"))
+            raise
         return proto
 
     async def _connection(self) -> _Protocol:
