@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -20,6 +22,8 @@ from tokensvc.authorize import AuthorizeEndpoints
 from tokensvc.console import Console
 from tokensvc.discovery import DiscoveryEndpoints
 from tokensvc.errors import OAuthError, StoreUnavailable
+from tokensvc.hotpath import Endpoint, HotPaths
+from tokensvc.metrics import Receive, Scope, Send
 from tokensvc.oauth import OAuthEndpoints
 from tokensvc.principal import PrincipalEndpoints
 from tokensvc.registration import RegistrationEndpoints
@@ -92,6 +96,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         except StoreUnavailable:
             log.warning("Redis is not reachable yet; serving 503 until it is")
         await svc.hasher.prepare()
+        # Everything built at start-up lives as long as the worker: moving it out of the
+        # collector's sight makes each full collection (a pause in every request in flight)
+        # shorter.
+        gc.collect()
+        gc.freeze()
         assert settings.redis_url is not None
         listener = asyncio.create_task(svc.clients.listen(settings.redis_url,
                                                           settings.redis_timeout))
@@ -127,7 +136,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         log.exception("unhandled error on %s", request.url.path)
         return json_response(error_body("server_error", "Internal error."), 500, no_store=True)
 
-    app = Starlette(
+    app = App(
         routes=routes,
         middleware=[Middleware(metrics_mod.MetricsMiddleware)] if settings.metrics else [],
         lifespan=lifespan,
@@ -139,4 +148,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         },
     )
     app.state.services = svc
+    hot: dict[str, Endpoint] = {"/oauth/token": oauth.token, "/oauth/v2/token": oauth.token,
+                                "/oauth/introspect": oauth.introspect}
+    app.hot = HotPaths(functools.partial(Starlette.__call__, app), hot, settings.retry_after)
     return app
+
+
+class App(Starlette):
+    """The Starlette app, entered through the hot paths (hotpath.py) first."""
+
+    hot: HotPaths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.hot(scope, receive, send)

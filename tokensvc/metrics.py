@@ -307,7 +307,6 @@ class MetricsMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        global _in_flight
         if scope["type"] != "http" or not ENABLED:
             await self.app(scope, receive, send)
             return
@@ -320,16 +319,28 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
-        _in_flight += 1
+        request_started()
         try:
             await self.app(scope, receive, send_status)
         finally:
-            _in_flight -= 1
             route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            _count(_child(HTTP_REQUESTS, template, method, _STATUS_CLASS.get(status // 100, "5xx")))
-            _observe(_child(HTTP_LATENCY, template, method), time.perf_counter() - start)
+            request_finished(getattr(route, "path", "unmatched"), scope["method"], status,
+                             time.perf_counter() - start)
+
+
+def request_started() -> None:
+    global _in_flight
+    _in_flight += 1
+
+
+def request_finished(route: str, method: str, status: int, seconds: float) -> None:
+    """One answered request, by route template (never a raw path), method and status class."""
+    global _in_flight
+    _in_flight -= 1
+    if ENABLED:
+        method = method if method in _METHODS else "OTHER"
+        _count(_child(HTTP_REQUESTS, route, method, _STATUS_CLASS.get(status // 100, "5xx")))
+        _observe(_child(HTTP_LATENCY, route, method), seconds)
 
 
 _STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
