@@ -55,6 +55,13 @@ def token_key(token: str) -> str:
     return keys.token(parsed.grant_id, parsed.digest)
 
 
+def forget_locally(http: httpx.AsyncClient) -> None:
+    """Drop the worker's own reuse cache. Tests that age or delete records behind the service's
+    back in Redis do this too: the cache ages on the worker's clock, and nothing but the
+    service itself deletes reuse records in production (announcing it to every instance)."""
+    http.app.state.services.issuer._reused.clear()  # type: ignore[attr-defined]
+
+
 def reuse_key(token: str) -> str:
     return keys.reuse(grant_of(token))
 
@@ -284,6 +291,7 @@ async def test_a_new_token_once_less_than_half_the_lifetime_remains(
         first = assert_issued(await request(http, client), refresh=refresh)
         # Simulate the passing of time on the reuse record rather than sleeping.
         assert redis_db.pexpire(reuse_key(first["access_token"]), left_ms)
+        forget_locally(http)
         second = assert_issued(await request(http, client), refresh=refresh)
         if same:
             assert second["access_token"] == first["access_token"]
@@ -306,6 +314,43 @@ async def test_reuse_survives_a_vanished_access_token(app_factory: AppFactory,
         client = await new_client(http)
         first = await cc(http, client)
         assert redis_db.delete(token_key(first["access_token"])) == 1
+        forget_locally(http)
         second = await cc(http, client)
         assert second["access_token"] != first["access_token"]
         assert second["expires_in"] == LIFETIME
+
+
+async def test_reuse_answers_come_from_the_worker_until_half_life(app_factory: AppFactory,
+                                                                  redis_db: redis.Redis) -> None:
+    """Identical requests after the first are answered without Redis while half the lifetime
+    is left: the reuse record is not read again (its TTL is untouched by them)."""
+    async with app_factory(reuse_tokens=True) as http:
+        client = await new_client(http)
+        first = await cc(http, client)
+        key = reuse_key(first["access_token"])
+        redis_db.pexpire(key, 10**9)  # a marker: a read through reuse.lua would not change it
+        for _ in range(5):
+            assert (await cc(http, client))["access_token"] == first["access_token"]
+        assert redis_db.pttl(key) > 10**9 - 5000
+        # A revocation on any instance is announced, and the next request gets a new token.
+        rs = await new_client(http, name="resource server")
+        resp = await http.post("/oauth/revoke", data={"token": first["access_token"],
+                                                      "token_type_hint": "access_token"},
+                               auth=(client["client_id"], client["client_secret"]))
+        assert resp.status_code == 200
+        second = await cc(http, client)
+        assert second["access_token"] != first["access_token"]
+        assert await active(http, rs, second["access_token"])
+        assert not await active(http, rs, first["access_token"])
+
+
+async def test_a_revocation_on_one_instance_ends_reuse_on_another(app_factory: AppFactory) -> None:
+    async with app_factory(reuse_tokens=True) as one, app_factory(reuse_tokens=True) as two:
+        client = await new_client(one)
+        first = await cc(one, client)
+        assert (await cc(two, client))["access_token"] == first["access_token"]  # cached on two
+        resp = await one.post("/oauth/revoke", data={"token": first["access_token"]},
+                              auth=(client["client_id"], client["client_secret"]))
+        assert resp.status_code == 200
+        again = await cc(two, client)
+        assert again["access_token"] != first["access_token"]

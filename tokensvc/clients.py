@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+from collections.abc import Callable
 
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -51,11 +52,19 @@ class ClientDirectory:
         self._epoch = 0
         self.argon2_runs = 0
         self.cache_hits = 0
+        # Others that cache per client or per grant (the issuer's reuse cache) follow the
+        # same invalidations: called with a client id, a "g:<grant id>" name, or None (all).
+        self.on_forget: list[Callable[[str | None], None]] = []
 
     @property
     def live(self) -> bool:
         """True while invalidations are being received, so cached entries can be trusted."""
         return self._live
+
+    @property
+    def epoch(self) -> int:
+        """Changes with every invalidation; a cache filled across a change must not keep it."""
+        return self._epoch
 
     def _forget(self, client_id: str | None = None) -> None:
         self._epoch += 1
@@ -63,6 +72,8 @@ class ClientDirectory:
             self._entries.clear()
         else:
             self._entries.pop(client_id, None)
+        for forget in self.on_forget:
+            forget(client_id)
 
     async def get(self, client_id: str) -> Client | None:
         """The client, from the cache when it can be trusted, else from Redis."""

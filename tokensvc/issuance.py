@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
+from dataclasses import dataclass
 
 import orjson
 
@@ -40,6 +41,18 @@ _REDEEM_REFUSALS = {
 }
 
 
+REUSE_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Reused:
+    client_id: str
+    access: str
+    refresh: str | None
+    expires_at: int
+    until: int
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -59,6 +72,21 @@ class TokenIssuer:
         self.codec = codec
         self.clients = clients
         self.settings = settings
+        # finAPI reuse, per worker: grant id -> the live answer and until when (epoch ms) it
+        # may be handed out (while at least half its lifetime is left). Trusted only while the
+        # invalidation channel is live; every deletion of a reuse record in Redis (revocation,
+        # rotation, the user's or the client's end) is announced there and drops the entry.
+        self._reused: dict[str, _Reused] = {}
+        clients.on_forget.append(self._forget_reused)
+
+    def _forget_reused(self, name: str | None) -> None:
+        if name is None:
+            self._reused.clear()
+        elif name.startswith("g:"):
+            self._reused.pop(name[2:], None)
+        else:  # a client changed or went: its reuse answers go too
+            for grant_id in [g for g, r in self._reused.items() if r.client_id == name]:
+                del self._reused[grant_id]
 
     async def active(self, token: str, kind: str | None = None) -> TokenRecord | None:
         """The record of a live token: minted here, stored, not rotated, its client not revoked."""
@@ -123,6 +151,13 @@ class TokenIssuer:
         rt_ttl = self.refresh_ttl(client) * 1000
         now = now_ms()
         grant_id = derived_grant_id("reuse", client.client_id, username or "", scope)
+        cached = self._reused.get(grant_id) if self.clients.live else None
+        if cached is not None:
+            if now < cached.until:
+                return TokenResponse(cached.access, (cached.expires_at - now) // 1000, scope,
+                                     cached.refresh)
+            del self._reused[grant_id]
+        epoch = self.clients.epoch
         at_seed = new_seed()
         access = self.codec.derive(ACCESS, grant_id, at_seed)
         assert access is not None
@@ -143,6 +178,7 @@ class TokenIssuer:
         if username is not None:
             await self.store.link_user_grant(username, grant_id, max(at_ttl, rt_ttl))
         if found is None:
+            self._remember(grant_id, client, access.token, refresh, at_ttl, now, now + at_ttl, epoch)
             return TokenResponse(access.token, at_ttl // 1000, scope,
                                  refresh.token if refresh else None)
         live, left_ms = found
@@ -151,8 +187,22 @@ class TokenIssuer:
         if access is None:
             return None
         refresh = self.codec.derive(REFRESH, grant_id, doc["sr"], doc["k"]) if "sr" in doc else None
+        self._remember(grant_id, client, access.token, refresh, int(doc["l"]), now, now + left_ms,
+                       epoch)
         return TokenResponse(access.token, left_ms // 1000, scope,
                              refresh.token if refresh else None)
+
+    def _remember(self, grant_id: str, client: Client, access: str, refresh: Minted | None,
+                  lifetime_ms: int, now: int, expires_at: int, epoch: int) -> None:
+        """Keep a reuse answer unless an invalidation arrived while Redis was asked."""
+        if not self.clients.live or epoch != self.clients.epoch:
+            return
+        if len(self._reused) >= REUSE_CACHE_SIZE:
+            self._reused.pop(next(iter(self._reused)))
+        until = expires_at - lifetime_ms // 2
+        if now < until:
+            self._reused[grant_id] = _Reused(client.client_id, access,
+                                             refresh.token if refresh else None, expires_at, until)
 
     async def issue_code(self, client: Client, username: str, scope: str, redirect_uri: str,
                          challenge: str | None, method: str | None) -> str:

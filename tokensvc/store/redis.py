@@ -109,6 +109,11 @@ def _client_from(raw: bytes | str) -> Client:
     return Client(**d)
 
 
+def reuse_name(grant_id: str) -> str:
+    """The invalidation message naming a reuse grant; client ids never contain ':'."""
+    return f"g:{grant_id}"
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -234,7 +239,10 @@ class RedisStore:
             [keys.token(grant_id, presented), keys.grant_index(grant_id), keys.reuse(grant_id),
              keys.token(grant_id, new_access), keys.token(grant_id, new_refresh)],
             [client_id, scope, access_ttl_ms, refresh_ttl_ms, grace_ms])
-        return [x.decode() if isinstance(x, bytes) else str(x) for x in out]
+        result = [x.decode() if isinstance(x, bytes) else str(x) for x in out]
+        if result[0] in ("OK", "REUSED") and result[-1] == "1":
+            await self._invalidate(reuse_name(grant_id))
+        return result
 
     @map_redis_errors
     async def revoke(self, grant_id: str, token_digest: str, client_id: str, whole_grant: bool,
@@ -245,7 +253,12 @@ class RedisStore:
                   keys.reuse(grant_id)],
             args=[client_id, "grant" if whole_grant else "token", username or ""],
         )
-        return out.decode() if isinstance(out, bytes) else str(out)
+        outcome = out.decode() if isinstance(out, bytes) else str(out)
+        if outcome == "OKR":
+            # The token was the one identical requests are handed: every instance forgets it.
+            await self._invalidate(reuse_name(grant_id))
+            return "OK"
+        return outcome
 
     # -- clients ------------------------------------------------------------------------
 
@@ -421,7 +434,9 @@ class RedisStore:
         grants = await self.redis.smembers(keys.user_grants(username))
         for raw in grants:
             grant_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-            await self._end_grant(keys=[keys.grant_index(grant_id), keys.reuse(grant_id)])
+            _, reused = await self._end_grant(keys=[keys.grant_index(grant_id), keys.reuse(grant_id)])
+            if reused:
+                await self._invalidate(reuse_name(grant_id))
         removed = await self.redis.delete(keys.user(username), keys.user_failures(username),
                                           keys.user_checks(username), keys.user_grants(username),
                                           keys.user_consents(username))

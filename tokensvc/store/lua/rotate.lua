@@ -3,7 +3,8 @@
 -- KEYS[4]=new access key  KEYS[5]=new refresh key (all in the same {g:...} slot)
 -- ARGV[1]=client id  ARGV[2]=requested scope ('' = as originally granted)
 -- ARGV[3]=access TTL ms  ARGV[4]=refresh TTL ms  ARGV[5]=grace ms
--- Returns {'OK', username or '', access scope, now ms} or {'UNKNOWN'|'CLIENT'|'SCOPE'|'REUSED'}.
+-- Returns {'OK', username or '', access scope, now ms, reuse record deleted (0/1)},
+-- {'REUSED', reuse record deleted (0/1)} or {'UNKNOWN'|'CLIENT'|'SCOPE'}.
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {'UNKNOWN'} end
 local rec = cjson.decode(raw)
@@ -17,8 +18,9 @@ if rec.rot and now - rec.rot >= tonumber(ARGV[5]) then
   for _, key in ipairs(redis.call('SMEMBERS', KEYS[2])) do
     redis.call('DEL', key)
   end
-  redis.call('DEL', KEYS[2], KEYS[3], KEYS[1])
-  return {'REUSED'}
+  local reused = redis.call('DEL', KEYS[3])
+  redis.call('DEL', KEYS[2], KEYS[1])
+  return {'REUSED', reused}
 end
 local granted = rec.gs or rec.s
 local scope = ARGV[2]
@@ -50,5 +52,6 @@ local keep = math.max(at_ttl, rt_ttl)
 if redis.call('PTTL', KEYS[2]) < keep then
   redis.call('PEXPIRE', KEYS[2], keep)
 end
-redis.call('DEL', KEYS[3])
-return {'OK', user or '', scope, now}
+-- A rotation starts a new generation: identical requests get new tokens from now on.
+local reused = redis.call('DEL', KEYS[3])
+return {'OK', user or '', scope, now, reused}
