@@ -88,3 +88,27 @@ test: venv redis browser prometheus check
 
 test-fast: venv redis browser prometheus check
 	$(BIN)/pytest -m "not slow" $(ARGS)
+
+# The bench suite (bench/README.md): installs the bench extra (matplotlib, python-multipart,
+# py-spy) and, as root with apt-get, wrk; then `python -m bench $(ARGS)`, or its help without ARGS.
+# Example: make bench ARGS="run --scenario introspection --pin-server 0 --pin-client 1 --pin-redis 1"
+BENCH_STAMP := $(VENV)/.bench-installed
+.PHONY: bench
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+bench: $(BENCH_STAMP) redis
+	@if ! command -v wrk >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "wrk is missing; installing it with apt-get"; \
+			DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y wrk || \
+			{ apt-get -o DPkg::Lock::Timeout=600 update && \
+			  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y wrk; } || \
+			echo "wrk could not be installed: --wrk is unavailable, the Python generator works" >&2; \
+		else \
+			echo "wrk is not installed (Debian: sudo apt-get install wrk): --wrk is unavailable" >&2; \
+		fi; \
+	fi
+	@if [ -n "$(ARGS)" ]; then $(BIN)/python -m bench $(ARGS); else $(BIN)/python -m bench --help; fi

@@ -1,0 +1,514 @@
+"""The bench tool itself (bench/): set-up against a live tokensvc, the prebuilt requests of
+every scenario, the result format, compare, the response parser, open-loop accounting, wrk
+script and output handling, the CLI. No assertion here is about speed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from bench.admin import Http, metric_values
+from bench.http import ProtocolError, build_request, form_post, parse_response
+from bench.loadgen import (
+    ChainSource,
+    CycleSource,
+    LoadConfig,
+    MixSource,
+    PoolSource,
+    fetch_all,
+    json_field,
+    oauth_error,
+    run_load,
+)
+from bench.results import REQUIRED_KEYS, compare_table, load_result, summary_table, write_result
+from bench.runner import RunOptions, execute, run_argv
+from bench.scenarios import MIX_DEFAULT, SERVICE_SCENARIOS, Setup, reference_workload
+from bench.services import (
+    Proc,
+    parse_cpus,
+    service_settings,
+    start_redis,
+    start_reference,
+    start_tokensvc,
+)
+from bench.stats import Histogram, latency_summary, percentile
+from bench.wrk import lua_script, parse_output
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = {"password_time_cost": "1", "password_memory_cost": "1024"}
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[Proc]:
+    """A real `tokensvc serve` (one worker) on its own redis-server, started by the bench."""
+    with tempfile.TemporaryDirectory(prefix="bench-test-") as tmp:
+        work = Path(tmp)
+        redis = start_redis(work, None)
+        try:
+            svc = start_tokensvc(work, redis.url, 1, None, service_settings(FAST))
+            try:
+                yield svc
+            finally:
+                svc.stop()
+        finally:
+            redis.stop()
+
+
+@contextlib.asynccontextmanager
+async def setup_for(svc: Proc, **kw: Any) -> AsyncIterator[Setup]:
+    http = Http(svc.url, svc.extra["admin_key"])
+    host, port = http.host, http.port
+    values: dict[str, Any] = {"connections": 4, "users": 4, "pool": 12, "pool_seconds": 1.0, "rate": None}
+    values.update(kw)
+    setup = Setup(http, host, port, **values)
+    try:
+        yield setup
+    finally:
+        http.close()
+
+
+# -- scenarios against a live service ----------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", [s for s in SERVICE_SCENARIOS if s != "mix"])
+async def test_each_scenario_prepares_requests_that_tokensvc_answers_with_2xx(
+        service: Proc, scenario: str) -> None:
+    async with setup_for(service) as setup:
+        workload = await setup.prepare(scenario)
+        # what the timed phase would send first: one per connection, and a few more (a chain
+        # has one request per connection until its answer arrives)
+        sent: list[tuple[bytes, str]] = []
+        source = workload.source
+        for i in range(4 if workload.kind == "chain" else 8):
+            item = source.next(i % 4)
+            assert item is not None
+            sent.append(item)
+        replies = await fetch_all(setup.host, setup.port, [req for req, _ in sent], connections=4)
+        for (_, label), reply in zip(sent, replies, strict=True):
+            assert 200 <= reply.status < 300, (label, reply.status, reply.body[:300])
+            source.reply(0, label, reply)
+        if scenario == "introspection":
+            assert all(orjson.loads(r.body)["active"] is True for r in replies)
+        if scenario in ("client_credentials", "client_credentials_reuse", "password", "refresh",
+                        "authorization_code"):
+            assert all("access_token" in orjson.loads(r.body) for r in replies)
+        if scenario == "client_credentials_reuse":
+            assert len({orjson.loads(r.body)["access_token"] for r in replies}) == 1
+        if scenario == "client_credentials":
+            assert len({orjson.loads(r.body)["access_token"] for r in replies}) == len(replies)
+
+
+async def test_refresh_chains_carry_each_answer_into_the_next_request(service: Proc) -> None:
+    async with setup_for(service, connections=2) as setup:
+        workload = await setup.prepare("refresh")
+        source = workload.source
+        assert isinstance(source, ChainSource)
+        for _ in range(3):  # three rotations on connection 0: each uses the token just issued
+            item = source.next(0)
+            assert item is not None
+            [reply] = await fetch_all(setup.host, setup.port, [item[0]], connections=1)
+            assert reply.status == 200, reply.body
+            source.reply(0, item[1], reply)
+            assert source.current[0] == orjson.loads(reply.body)["refresh_token"]
+        assert source.broken == 0
+
+
+async def test_the_mix_walks_its_weighted_parts(service: Proc) -> None:
+    async with setup_for(service) as setup:
+        workload = await setup.prepare("mix", dict(MIX_DEFAULT))
+        labels = []
+        for i in range(40):
+            item = workload.source.next(i % 4)
+            assert item is not None
+            labels.append(item[1])
+        assert set(labels) <= set(MIX_DEFAULT)
+        assert labels.count("client_credentials") > labels.count("revocation")
+
+
+async def test_set_up_creates_clients_through_the_admin_api_and_cleans_up(service: Proc) -> None:
+    async with setup_for(service) as setup:
+        await setup.prepare("password")
+        assert len(setup.usernames) == 4 and len(setup.clients) == 1
+        answer = setup.http._admin("GET", f"/admin/clients/{setup.clients[0]}")
+        doc = answer.json()
+        assert doc["token_endpoint_auth_method"] == "client_secret_post"
+        assert doc["reuse_tokens"] is False
+        setup.cleanup()
+        assert setup.http._admin("GET", f"/admin/clients/{setup.clients[0]}").status == 404
+        assert setup.http._admin("GET", f"/admin/users/{setup.usernames[0]}").status == 404
+
+
+# -- a whole run: the result file ----------------------------------------------------------
+
+
+async def test_a_short_run_writes_a_result_with_the_required_keys(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    opts = RunOptions(scenario="client_credentials", duration=1.0, warmup=0.3, connections=4,
+                      settings=dict(FAST), ceiling_seconds=0.5, output=out, quiet=True)
+    doc = await execute(opts, run_argv(opts))
+    stored = load_result(out)
+    for key in REQUIRED_KEYS:
+        assert key in stored
+    assert stored["summary"]["requests"] > 0
+    assert stored["summary"]["errors"] == 0
+    assert set(stored["summary"]["latency_ms"]) >= {"p50", "p90", "p99", "p99_9", "max"}
+    assert stored["errors"]["by_status"].keys() == {"200"}
+    assert stored["target"]["started_by_bench"] is True
+    assert stored["settings"]["admin_key"] == "***" and stored["settings"]["log_level"] == "warning"
+    assert stored["ceiling"]["throughput"] > 0
+    assert stored["git"]["commit"] and isinstance(stored["git"]["dirty"], bool)
+    assert stored["machine"]["cores"] and stored["machine"]["python"]
+    assert stored["machine"]["redis_server"]
+    assert stored["time_series"] and {"t", "throughput", "p50_ms", "p99_ms"} <= set(stored["time_series"][0])
+    assert stored["server_metrics"]["secret_cache_hits"] > 0
+    assert stored["command"].startswith("python -m bench run --scenario client_credentials")
+    assert "throughput" in summary_table(doc)
+
+
+async def test_the_static_reference_answers_and_runs(tmp_path: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = start_reference(Path(tmp), None)
+        try:
+            host, port = Http(ref.url).host, Http(ref.url).port
+            work = reference_workload("static", f"{host}:{port}")
+            replies = await fetch_all(host, port, work.requests * 3, connections=2)
+            assert [r.status for r in replies] == [200] * 3
+            assert orjson.loads(replies[0].body) == {"status": "ok", "service": "reference"}
+        finally:
+            ref.stop()
+
+
+async def test_the_form_references_answer_with_a_token(tmp_path: Path) -> None:
+    pytest.importorskip("python_multipart", reason="the bench extra (python-multipart) is not installed")
+    import httpx
+
+    from bench.reference import create_app
+
+    transport = httpx.ASGITransport(app=create_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://ref") as client:
+        resp = await client.post("/token-noredis",
+                                 data={"grant_type": "client_credentials", "client_id": "x"})
+        assert resp.status_code == 200
+        assert resp.headers["cache-control"] == "no-store"
+        assert len(resp.json()["access_token"]) >= 40
+
+
+# -- compare ---------------------------------------------------------------------------------
+
+
+def _synthetic(name: str, throughput: float, p99: float) -> dict[str, Any]:
+    return {
+        "format": "tokensvc-bench/1", "name": name, "scenario": name,
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "command": "python -m bench run", "git": {"commit": "0" * 40, "dirty": False}, "machine": {},
+        "target": {}, "settings": {}, "load": {"mode": "closed", "connections": 64},
+        "generator": {"kind": "python"}, "ceiling": None, "generator_bound": False,
+        "summary": {"requests": int(throughput * 10), "errors": 0, "throughput": throughput, "duration": 10.0,
+                    "latency_ms": {"p50": p99 / 3, "p90": p99 / 2, "p99": p99, "p99_9": p99, "max": p99}},
+        "errors": {"by_status": {"200": 1}, "by_oauth_error": {}, "transport": {}},
+        "time_series": [],
+    }
+
+
+def test_compare_prints_ratios_against_the_first(tmp_path: Path) -> None:
+    a = write_result(_synthetic("redis-ref", 5000.0, 20.0), tmp_path / "a.json")
+    b = write_result(_synthetic("client_credentials", 8000.0, 10.0), tmp_path / "b.json")
+    out = subprocess.run([sys.executable, "-m", "bench", "compare", str(a), str(b)], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:3] == ["result", "req/s", "vs"]
+    assert "1.60x" in lines[2] and "0.50x" in lines[2]
+    assert "1.00x" in lines[1]
+    markdown = compare_table([load_result(a), load_result(b)], markdown=True)
+    assert markdown.splitlines()[2].startswith("| redis-ref | 5000 | 1.00x")
+
+
+def test_load_result_refuses_files_that_are_not_results(tmp_path: Path) -> None:
+    bad = tmp_path / "x.json"
+    bad.write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(ValueError):
+        load_result(bad)
+    partial = _synthetic("a", 1.0, 1.0)
+    del partial["git"]
+    bad.write_text(json.dumps(partial))
+    with pytest.raises(ValueError, match="git"):
+        load_result(bad)
+
+
+# -- the response parser --------------------------------------------------------------------
+
+
+def test_parser_frames_by_content_length_and_keeps_the_rest() -> None:
+    one = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+    two = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 26\r\n\r\n{\"error\":\"invalid_client\"}"
+    buf = bytearray(one + two)
+    first = parse_response(buf)
+    assert first is not None and first.status == 200 and first.body == b"{}" and first.keep_alive
+    del buf[:first.consumed]
+    second = parse_response(buf)
+    assert second is not None and second.status == 401 and second.consumed == len(two)
+    assert oauth_error(second.body) == "invalid_client"
+
+
+def test_parser_waits_for_the_whole_head_and_body() -> None:
+    full = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789"
+    for cut in (0, 3, 20, len(full) - 11, len(full) - 1):
+        assert parse_response(full[:cut]) is None
+    assert parse_response(full) is not None
+
+
+def test_parser_reads_keep_alive_and_close() -> None:
+    close = parse_response(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    assert close is not None and not close.keep_alive
+    old = parse_response(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert old is not None and not old.keep_alive
+    old_kept = parse_response(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n")
+    assert old_kept is not None and old_kept.keep_alive
+    empty = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert empty is not None and empty.body == b"" and empty.keep_alive
+
+
+def test_parser_gives_headers_with_their_case_kept() -> None:
+    reply = parse_response(b"HTTP/1.1 302 Found\r\nLocation: https://x/cb?code=AbC\r\n"
+                           b"set-cookie: a=1\r\nSet-Cookie: b=2\r\ncontent-length: 0\r\n\r\n")
+    assert reply is not None
+    assert reply.header("location") == "https://x/cb?code=AbC"
+    assert reply.headers("Set-Cookie") == ["a=1", "b=2"]
+    assert reply.header("x-missing") is None
+
+
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\n",
+    b"SMTP ready and waiting\r\n\r\n",
+    b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n",
+])
+def test_parser_refuses_what_it_cannot_frame(raw: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse_response(raw)
+
+
+def test_requests_are_prebuilt_http_11() -> None:
+    get = build_request("GET", "/healthz", "127.0.0.1:80")
+    assert get == b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:80\r\n\r\n"
+    post = form_post("/oauth/token", "h:1", {"grant_type": "client_credentials", "client_secret": "a+b"})
+    head, body = post.split(b"\r\n\r\n")
+    assert body == b"grant_type=client_credentials&client_secret=a%2Bb"
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert b"Content-Type: application/x-www-form-urlencoded" in head
+
+
+# -- the generator on synthetic endpoints ------------------------------------------------------
+
+
+class _Slow(asyncio.Protocol):
+    """Answers each request after a delay, one at a time per connection."""
+
+    DELAY = 0.02
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.queue = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for _ in range(data.count(b"\r\n\r\n")):
+            self.queue += 1
+            asyncio.get_running_loop().call_later(self.DELAY * self.queue, self._answer)
+
+    def _answer(self) -> None:
+        self.queue -= 1
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+@contextlib.asynccontextmanager
+async def _slow_server() -> AsyncIterator[int]:
+    server = await asyncio.get_running_loop().create_server(_Slow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield int(port)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_open_loop_counts_from_the_schedule_and_reports_the_backlog() -> None:
+    # 2 connections at 20 ms per answer serve ~100/s; 200/s are scheduled.
+    async with _slow_server() as port:
+        req = build_request("GET", "/", f"127.0.0.1:{port}")
+        cfg = LoadConfig("127.0.0.1", port, connections=2, duration=1.0, warmup=0.0, rate=200.0,
+                         drain=0.5, name="slow")
+        result = await run_load(cfg, CycleSource([req], "slow"))
+    sched = result.schedule
+    assert sched is not None
+    assert sched["due"] == sched["sent_on_time_connection"] + sched["waited_for_connection"]
+    assert sched["waited_for_connection"] > 0 and sched["max_backlog"] > 0
+    assert sched["unsent_at_end"] > 0
+    assert sched["service_kept_up"] is False
+    # every answer takes the server's delay at least; queued ones add their wait to it
+    assert result.latency_ms["p50"] >= _Slow.DELAY * 1000
+    assert result.requests < sched["due"]
+
+
+async def test_closed_loop_stops_when_a_pool_runs_out() -> None:
+    async with _slow_server() as port:
+        req = build_request("GET", "/", f"127.0.0.1:{port}")
+        cfg = LoadConfig("127.0.0.1", port, connections=2, duration=5.0, warmup=0.0, name="pool")
+        pool = PoolSource([req] * 6, "pool")
+        result = await run_load(cfg, pool)
+    assert pool.exhausted and result.exhausted
+    assert result.stopped_early_at is not None and result.stopped_early_at < 5.0
+    assert result.status == {"200": 6}
+
+
+def test_mix_and_chain_sources() -> None:
+    a, b = CycleSource([b"A"], "a"), CycleSource([b"B"], "b")
+    mix = MixSource([(a, 3), (b, 1)])
+    got = [mix.next(0) for _ in range(400)]
+    assert sum(1 for g in got if g and g[1] == "a") == 300
+    chain = ChainSource(["t0", "t1"], lambda t: t.encode(), json_field("next"), "chain")
+    assert chain.next(0) == (b"t1", "chain") and chain.next(1) == (b"t0", "chain")
+    assert chain.next(2) is None  # no spare left for a third connection
+    reply = parse_response(b'HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n{"next":"t9"} ')
+    assert reply is not None
+    chain.reply(0, "chain", reply)
+    assert chain.next(0) == (b"t9", "chain")
+
+
+def test_a_mix_by_connection_gives_each_connection_one_kind() -> None:
+    a, b = CycleSource([b"A"], "a"), CycleSource([b"B"], "b")
+    mix = MixSource([(a, 60), (b, 4)], connections=64)
+    kinds = [mix.next(conn) for conn in range(64)]
+    assert [k[1] for k in kinds if k] == ["a"] * 60 + ["b"] * 4
+    assert all(mix.next(63) == (b"B", "b") for _ in range(5))
+
+
+def test_the_suite_summary_computes_medians_ratios_and_goals() -> None:
+    from bench.suite import summarise
+
+    def doc(tput: float, p99: float, hits: float | None = None) -> dict[str, Any]:
+        d = _synthetic("x", tput, p99)
+        if hits is not None:
+            d["server_metrics"] = {"secret_cache_hit_rate": hits}
+        return d
+
+    runs = {"static": [doc(30000, 3), doc(29000, 3), doc(31000, 3)],
+            "redis": [doc(5000, 24), doc(5500, 25), doc(6000, 23)],
+            "cc": [doc(9000, 12, 0.9999), doc(8000, 14, 0.9999), doc(8500, 13, 0.9998)],
+            "cc_reuse": [doc(17000, 6)] * 3}
+    table, facts = summarise(runs)
+    assert facts["medians"]["cc"]["throughput"] == 8500 and facts["medians"]["redis"]["throughput"] == 5500
+    goals = {g["goal"]: g for g in facts["goals"]}
+    assert goals["client_credentials >= 1.45x the redis reference"]["measured"] == "1.55x"
+    assert goals["client_credentials >= 1.45x the redis reference"]["met"] is True
+    assert goals["reuse on >= 2x reuse off"]["met"] is True
+    assert goals["2 workers >= 1.6x 1 worker"]["met"] is None  # not run
+    assert "| client_credentials, reuse off | 8500 | 13.00 | 1.55x |" in table
+    assert "99.9900%" in table
+
+
+def test_percentiles_and_histogram() -> None:
+    values = list(range(1, 1001))
+    assert percentile(values, 50) == 500 and percentile(values, 99) == 990 and percentile([], 99) == 0
+    summary = latency_summary([1000, 2000, 3000])
+    assert summary["p50"] == 2.0 and summary["max"] == 3.0
+    hist = Histogram()
+    hist.add_all(range(1, 100_001))
+    for q in (50, 90, 99, 99.9):
+        exact = percentile(range(1, 100_001), q)
+        assert abs(hist.percentile(q) - exact) <= exact * 0.02
+    assert Histogram.upper(Histogram.index(123_456)) >= 123_456
+
+
+# -- wrk, metrics, CLI --------------------------------------------------------------------
+
+
+WRK_OUT = """Running 10s test @ http://127.0.0.1:8000
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     6.52ms    2.10ms  41.20ms   90.00%
+    Req/Sec     9.80k   400.00    10.50k    70.00%
+  Latency Distribution
+     50%    6.10ms
+     75%    7.00ms
+     90%    8.50ms
+     99%   15.30ms
+  97612 requests in 10.00s, 30.00MB read
+  Non-2xx or 3xx responses: 12
+Requests/sec:   9761.20
+Transfer/sec:      3.00MB
+"""
+
+
+def test_wrk_output_is_parsed_with_or_without_our_done_lines() -> None:
+    plain = parse_output(WRK_OUT)
+    assert plain["throughput"] == 9761.2 and plain["requests"] == 97612
+    assert plain["latency_ms"]["p99"] == 15.3 and plain["latency_ms"]["max"] == 41.2
+    assert plain["errors"] == {"non_2xx_3xx": 12}
+    ours = parse_output(WRK_OUT + "BENCH requests 97612\nBENCH duration_us 10000000\nBENCH errors_status 12\n"
+                        "BENCH errors_connect 0\nBENCH errors_read 0\nBENCH errors_write 0\n"
+                        "BENCH errors_timeout 0\nBENCH p50 6100\nBENCH p90 8500\nBENCH p99 15300\n"
+                        "BENCH p99.9 30000\nBENCH max 41200\nBENCH mean 6520.5\n")
+    assert ours["latency_ms"]["p99_9"] == 30.0 and ours["throughput"] == pytest.approx(9761.2)
+
+
+def test_wrk_scripts_keep_requests_byte_exact(tmp_path: Path) -> None:
+    work = reference_workload("noredis", "127.0.0.1:1")
+    script = lua_script(work, 2, "127.0.0.1:1", str(tmp_path / "reqs.bin"))
+    assert (tmp_path / "reqs.bin").read_bytes() == work.requests[0]
+    assert "function request()" in script and "function done(" in script
+    chain = ChainSource(["a"], lambda t: t.encode(), json_field("refresh_token"), "refresh")
+    from bench.scenarios import Workload
+
+    refresh = Workload("refresh", chain, "chain", [], chain={
+        "path": "/oauth/token", "prefix": "grant_type=refresh_token&refresh_token=", "field": "refresh_token",
+        "starts": ["tok1", "tok2"]})
+    text = lua_script(refresh, 1, "h:1", str(tmp_path / "unused"))
+    assert "\\013\\010Content-Type" in text  # CR LF escaped, not left to a long bracket
+    assert "function response(" in text
+
+
+def test_metrics_exposition_is_read() -> None:
+    values = metric_values('# HELP x\ntokensvc_secret_cache_hits_total 41.0\n'
+                           'tokensvc_argon2_verifications_total{kind="client_secret"} 2.0\n')
+    assert values["tokensvc_secret_cache_hits_total"] == 41.0
+    assert values['tokensvc_argon2_verifications_total{kind="client_secret"}'] == 2.0
+
+
+def test_cpu_lists_and_settings() -> None:
+    assert parse_cpus("0") == {0} and parse_cpus("0,1") == {0, 1} and parse_cpus("0-2") == {0, 1, 2}
+    settings = service_settings({"reuse_tokens": "1"})
+    assert settings["reuse_tokens"] == "1" and settings["log_level"] == "warning"
+
+
+def test_cli_help_lists_the_commands_and_scenarios() -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True,
+                              text=True, check=False)
+
+    top = run("--help")
+    assert top.returncode == 0
+    for command in ("run", "compare", "plot", "suite"):
+        assert command in top.stdout
+    sub = run("run", "--help")
+    assert sub.returncode == 0
+    for word in ("--scenario", "--rate", "--url", "--start", "--wrk", "--pin-server", "--set",
+                 "--reference", "authorization_code", "client_credentials_reuse"):
+        assert word in sub.stdout
+    bad = run("run", "--set", "no_such_setting=1")
+    assert bad.returncode == 2 and "unknown tokensvc setting" in bad.stderr
