@@ -189,7 +189,6 @@ async def test_the_static_reference_answers_and_runs(tmp_path: Path) -> None:
 
 
 async def test_the_form_references_answer_with_a_token(tmp_path: Path) -> None:
-    pytest.importorskip("python_multipart", reason="the bench extra (python-multipart) is not installed")
     import httpx
 
     from bench.reference import create_app
