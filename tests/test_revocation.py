@@ -423,6 +423,9 @@ async def test_revocation_requires_client_authentication(
     # A confidential client cannot pass itself off as public by leaving the secret out.
     no_secret = await http.post("/oauth/revoke", data={"token": rt2, "client_id": client["client_id"]})
     assert_error(no_secret, 401, "invalid_client", "This client must authenticate with its secret.")
+    # The wrong secret was counted toward the client's throttling (tests/test_throttling.py);
+    # nothing else changed.
+    assert redis_db.getdel(keys.client_auth_failures(client["client_id"])) == b"1"
     assert snapshot(redis_db) == before
     assert await active(http, rs, rt2)
 

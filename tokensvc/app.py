@@ -9,6 +9,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -16,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tokensvc import metrics as metrics_mod, settings as settings_mod
+from tokensvc import metrics as metrics_mod, openapi, settings as settings_mod
 from tokensvc.admin import AdminEndpoints
 from tokensvc.authorize import AuthorizeEndpoints
 from tokensvc.console import Console
@@ -48,6 +49,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     metrics_mod.configure(settings.metrics, settings.metrics_client_label)
 
+    openapi_body = orjson.dumps(openapi.document(settings.issuer_url))
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(openapi_body, media_type="application/json",
+                        headers={"Cache-Control": "public, max-age=300"})
+
     async def metrics(request: Request) -> Response:
         return Response(metrics_mod.exposition(), media_type=metrics_mod.CONTENT_TYPE_LATEST)
 
@@ -64,6 +71,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/oauth/userinfo", principal.principal, methods=["GET"]),
         Route("/.well-known/oauth-authorization-server", discovery.metadata, methods=["GET"]),
         Route("/healthz", discovery.healthz, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/readyz", discovery.readyz, methods=["GET"]),
         Route("/admin", console.clients, methods=["GET"]),
         Route("/admin/console/login", console.login, methods=["GET", "POST"]),

@@ -9,7 +9,7 @@ from urllib.parse import unquote_plus
 
 from tokensvc import metrics
 from tokensvc.clients import ClientDirectory
-from tokensvc.errors import InvalidClient, InvalidRequest
+from tokensvc.errors import InvalidClient, InvalidRequest, Throttled
 from tokensvc.models import Client
 from tokensvc.params import Params
 
@@ -41,11 +41,12 @@ async def authenticate(authorization: str | None, params: Params, clients: Clien
     """The calling client, or InvalidClient / InvalidRequest as RFC 6749 §5.2 says.
 
     Every refusal counts as a client authentication failure in the metrics, whatever the
-    endpoint and whatever was wrong (unknown client, wrong or missing secret, bad Basic).
+    endpoint and whatever was wrong (unknown client, wrong or missing secret, bad Basic, or a
+    client throttled after too many failures: Throttled, 429).
     """
     try:
         return await _authenticate(authorization, params, clients, allow_public=allow_public)
-    except InvalidClient:
+    except (InvalidClient, Throttled):
         client_id = params.get("client_id")
         metrics.client_auth_failed(client_id if client_id is not None else "unknown")
         raise
@@ -86,7 +87,13 @@ async def _authenticate(authorization: str | None, params: Params, clients: Clie
         return Authenticated(client, method)
     if client.is_public:
         raise InvalidClient("A public client has no secret to present.", challenge)
-    if not await clients.check_secret(client, secret):
+    try:
+        ok = await clients.check_secret(client, secret)
+    except Throttled:
+        if clients.usage is not None:
+            clients.usage.failed(client.client_id)
+        raise
+    if not ok:
         if clients.usage is not None:
             clients.usage.failed(client.client_id)
         raise InvalidClient("Client authentication failed.", challenge)

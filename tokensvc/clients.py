@@ -6,6 +6,26 @@ SHA-256 of the secret that last verified. Every change to a client (rotation, ed
 revocation) is published on a Redis channel; every instance drops that client on the message.
 If the subscription is down, nothing is trusted from the cache: every lookup goes to Redis and
 every secret to argon2 until the subscription is back (and the cache starts empty again).
+
+Failed secret checks are throttled per client, so a secret cannot be guessed at line rate.
+Every secret check that is not answered from the cache first reserves a place in the client's
+failure counter in Redis (`tsv:{c:<id>}:authfail`, a fixed window of
+`client_auth_failure_window` seconds, one Lua script before argon2 runs); a check that succeeds
+gives its place back, so only failures stay counted. Once failures reach
+`client_auth_failure_limit`, uncached checks of that client are refused with 429 and
+`Retry-After` (the seconds the window has left) without running argon2, on every instance,
+since they all read the same counter. The worker that saw the limit reached also remembers it
+in process, so until the window ends it refuses that client's uncached secrets without even
+asking Redis.
+
+The hot path is left alone on purpose: a secret that matches the digest this worker already
+verified is accepted without consulting any throttling state, in Redis or in process. Only a
+caller that knows the real secret can match that digest, so this costs nothing in security,
+and it means an attacker's guesses lock out neither the legitimate client (whose secret is
+cached on the instances it talks to) nor the hot path's throughput. A legitimate client whose
+secret is not cached on the instance it reaches (a new worker, a rotated secret) does have to
+wait for the window to end. Unknown client ids and public clients never reach the counter, so
+random ids create no keys.
 """
 
 from __future__ import annotations
@@ -14,6 +34,8 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
+import time
 from collections.abc import Callable
 
 from redis import asyncio as aioredis
@@ -21,6 +43,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from tokensvc import metrics
+from tokensvc.errors import Throttled
 from tokensvc.hashing import Hasher
 from tokensvc.models import Client
 from tokensvc.store import keys
@@ -28,6 +51,12 @@ from tokensvc.store.redis import RedisStore
 from tokensvc.usage import Usage
 
 log = logging.getLogger("tokensvc.clients")
+
+
+def _refusal(seconds_left: float) -> Throttled:
+    retry = max(1, math.ceil(seconds_left))
+    return Throttled("Too many failed authentications for this client; retry later.",
+                     {"Retry-After": str(retry)})
 
 
 class _Entry:
@@ -41,8 +70,14 @@ class _Entry:
 class ClientDirectory:
     """Client lookups and secret checks with a bounded, invalidated, per-worker cache."""
 
-    def __init__(self, store: RedisStore, hasher: Hasher, size: int, usage: Usage | None = None) -> None:
+    def __init__(self, store: RedisStore, hasher: Hasher, size: int, usage: Usage | None = None,
+                 *, failure_limit: int = 20, failure_window: int = 60) -> None:
         self.store = store
+        self.failure_limit = failure_limit
+        self.failure_window_ms = failure_window * 1000
+        # Client id -> monotonic time its throttling ends, for clients this worker saw reach
+        # the limit: refused without a Redis round trip. Bounded like the cache.
+        self._throttled: dict[str, float] = {}
         self.usage = usage
         self.hasher = hasher
         self.size = size
@@ -106,15 +141,31 @@ class ClientDirectory:
             self.cache_hits += 1
             metrics.secret_cache_hit()
             return True
+        # Not the verified secret: from here on, failures are counted and throttled.
+        until = self._throttled.get(client.client_id)
+        if until is not None:
+            left = until - time.monotonic()
+            if left > 0:
+                raise _refusal(left)
+            del self._throttled[client.client_id]
         key = (client.client_id, presented)
         pending = self._inflight.get(key)
         if pending is not None:
-            return await asyncio.shield(pending)
+            return await asyncio.shield(pending)  # shares that check's reservation and outcome
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
+            count, left_ms = await self.store.client_auth_attempt(
+                client.client_id, self.failure_limit, self.failure_window_ms)
+            if count < 0:
+                self._remember_throttled(client.client_id, left_ms)
+                raise _refusal(left_ms / 1000)
             self.argon2_runs += 1
             ok = await self.hasher.verify(client.secret_hash, secret, "client_secret")
+            if ok:
+                await self.store.client_auth_refund(client.client_id)
+            elif count >= self.failure_limit:
+                self._remember_throttled(client.client_id, left_ms)
             future.set_result(ok)
         except BaseException as exc:
             future.set_exception(exc)
@@ -127,6 +178,15 @@ class ClientDirectory:
             if entry is not None and entry.client is client:
                 entry.verified = presented
         return ok
+
+    def _remember_throttled(self, client_id: str, left_ms: int) -> None:
+        now = time.monotonic()
+        if len(self._throttled) >= self.size and client_id not in self._throttled:
+            for name in [n for n, until in self._throttled.items() if until <= now]:
+                del self._throttled[name]
+            if len(self._throttled) >= self.size:
+                self._throttled.pop(next(iter(self._throttled)))
+        self._throttled[client_id] = now + left_ms / 1000
 
     async def listen(self, url: str, timeout: float) -> None:
         """Follow the invalidation channel for the life of the worker, resubscribing on failure."""

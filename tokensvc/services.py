@@ -37,6 +37,8 @@ class Services:
         hasher = Hasher(settings.password_time_cost, settings.password_memory_cost,
                         settings.password_parallelism)
         usage = Usage(store)
-        clients = ClientDirectory(store, hasher, settings.secret_cache_size, usage)
+        clients = ClientDirectory(store, hasher, settings.secret_cache_size, usage,
+                                  failure_limit=settings.client_auth_failure_limit,
+                                  failure_window=settings.client_auth_failure_window)
         issuer = TokenIssuer(store, codec, clients, settings)
         return cls(settings, store, codec, hasher, clients, issuer, usage)

@@ -156,6 +156,8 @@ class Settings:
     password_memory_cost: int = 19456
     password_parallelism: int = 1
     secret_cache_size: int = 10000
+    client_auth_failure_limit: int = 20
+    client_auth_failure_window: int = 60
     max_body_size: int = 65536
     retry_after: int = 1
     log_level: str = "info"
@@ -234,6 +236,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("password_parallelism", "argon2id lanes.", _int, _at_least(1)),
     Option("secret_cache_size", "Clients whose verified secret is remembered per worker.", _int,
            _at_least(1)),
+    Option("client_auth_failure_limit", "Failed secret checks per client in a window before its "
+           "uncached authentications are refused (429).", _int, _at_least(1)),
+    Option("client_auth_failure_window", "Seconds in which failed secret checks are counted.", _int,
+           _between(1, 86400)),
     Option("max_body_size", "Largest request body accepted, bytes (413 beyond).", _int, _at_least(1024)),
     Option("retry_after", "Retry-After seconds sent with 503.", _int, _at_least(1)),
     Option("log_level", "Log level.", lambda s: s.strip().lower(), _log_level),

@@ -1,7 +1,7 @@
 """Redis key names. Every key one atomic operation touches shares a `{...}` hash tag.
 
 - `{g:<grant id>}`: a grant's tokens, its index, its reuse record and its codes.
-- `{c:<client id>}`: a client record.
+- `{c:<client id>}`: a client record, its usage buckets and its failed-authentication counter.
 - `{s:<session digest>}`: a login session of the authorization pages.
 - `{u:<user hash>}`: a user record, its failure counter, its password checks in
   flight, the ids of its grants and its remembered consents. The tag is a digest of the
@@ -76,6 +76,11 @@ def registrations(address: str) -> str:
 
 def client_usage(client_id: str) -> str:
     return f"tsv:{{c:{client_id}}}:usage"
+
+
+def client_auth_failures(client_id: str) -> str:
+    """Failed secret checks of a client (plus checks in flight) in the current window."""
+    return f"tsv:{{c:{client_id}}}:authfail"
 
 
 def admin_session(session_digest: str) -> str:

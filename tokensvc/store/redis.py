@@ -146,8 +146,11 @@ class RedisStore:
         self._redeem = redis.register_script(_script("redeem"))
         self._link_grant = redis.register_script(_script("link_grant"))
         self._end_grant = redis.register_script(_script("end_grant"))
+        self._auth_attempt = redis.register_script(_script("client_auth_attempt"))
+        self._auth_refund = redis.register_script(_script("client_auth_refund"))
         self._scripts = (self._issue, self._reuse, self._rotate, self._revoke, self._login_attempt,
-                         self._login_result, self._redeem, self._link_grant, self._end_grant)
+                         self._login_result, self._redeem, self._link_grant, self._end_grant,
+                         self._auth_attempt, self._auth_refund)
 
     @map_redis_errors
     async def load_scripts(self) -> None:
@@ -297,7 +300,8 @@ class RedisStore:
     async def delete_client(self, client_id: str) -> bool:
         """Revoke a client: its record goes, so every token it holds fails its client check."""
         current = await self.get_client(client_id)
-        removed = await self.redis.delete(keys.client(client_id), keys.client_usage(client_id))
+        removed = await self.redis.delete(keys.client(client_id), keys.client_usage(client_id),
+                                          keys.client_auth_failures(client_id))
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrem(keys.CLIENTS_INDEX, client_id)
             pipe.zrem(keys.CLIENTS_USED, client_id)
@@ -306,6 +310,19 @@ class RedisStore:
             await pipe.execute()
         await self._invalidate(client_id)
         return bool(removed)
+
+    @map_redis_errors
+    async def client_auth_attempt(self, client_id: str, limit: int, window_ms: int) -> tuple[int, int]:
+        """Reserve a secret check: (count with it, ms left), or (-1, ms left) when the client's
+        failures already reach the limit (client_auth_attempt.lua). Only for existing clients."""
+        n, left = await self._auth_attempt(keys=[keys.client_auth_failures(client_id)],
+                                           args=[limit, window_ms])
+        return int(n), int(left)
+
+    @map_redis_errors
+    async def client_auth_refund(self, client_id: str) -> None:
+        """A reserved secret check succeeded: it does not count (client_auth_refund.lua)."""
+        await self._auth_refund(keys=[keys.client_auth_failures(client_id)])
 
     async def _invalidate(self, client_id: str) -> None:
         """Tell every instance to drop its cached copy of the client, and wait (at most

@@ -1,0 +1,312 @@
+"""The OpenAPI 3.1 description of the whole HTTP surface, served at /openapi.json.
+
+Written by hand from the contract (API.md) rather than generated, so it says what clients may
+rely on (error bodies, statuses, media types), and kept true by tests/test_openapi.py, which
+checks that every route the app serves is described here with its methods and nothing else.
+Built once at start-up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokensvc import __version__
+
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+HTML = "text/html"
+
+Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: Schema, description: str) -> Schema:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _error(description: str, *, retry_after: bool = False) -> Schema:
+    out = _json(_ref("Error"), description)
+    if retry_after:
+        out["headers"] = {"Retry-After": {"schema": {"type": "integer"},
+                                          "description": "Seconds to wait before retrying."}}
+    return out
+
+
+def _html(description: str) -> Schema:
+    return {"description": description, "content": {HTML: {"schema": {"type": "string"}}}}
+
+
+def _redirect(description: str) -> Schema:
+    return {"description": description,
+            "headers": {"Location": {"schema": {"type": "string"}, "description": "Where to go."}}}
+
+
+# Answers any endpoint can give: bad input, size, media type, storage outage.
+COMMON = {
+    "413": _error("The body is larger than the configured limit."),
+    "415": _error("The body is neither form-urlencoded nor JSON."),
+    "503": _error("Storage is unavailable (`temporarily_unavailable`); retry after Retry-After.",
+                  retry_after=True),
+}
+OAUTH_ERRORS = {
+    "400": _error("RFC 6749 §5.2 error: invalid_request, invalid_grant, unsupported_grant_type, "
+                  "invalid_scope, unauthorized_client."),
+    "401": _error("invalid_client: client authentication failed."),
+    "403": _error("access_denied: the user is not verified and the client requires it."),
+    "423": _error("user_locked: too many failed password attempts."),
+    "429": _error("Throttled; retry after Retry-After.", retry_after=True),
+    **COMMON,
+}
+ADMIN_ERRORS = {
+    "400": _error("Invalid field."),
+    "401": _error("invalid_token: the admin key is missing or wrong."),
+    "404": _error("No such client or user."),
+    "409": _error("Already exists."),
+    **COMMON,
+}
+
+
+def _body(schema: Schema, *types: str) -> Schema:
+    return {"required": True, "content": {t: {"schema": schema} for t in types}}
+
+
+def _op(summary: str, responses: dict[str, Any], *, body: Schema | None = None,
+        security: list[dict[str, list[str]]] | None = None,
+        parameters: list[Schema] | None = None) -> Schema:
+    op: Schema = {"summary": summary, "responses": responses}
+    if body is not None:
+        op["requestBody"] = body
+    if security is not None:
+        op["security"] = security
+    if parameters:
+        op["parameters"] = parameters
+    return op
+
+
+def _path_param(name: str) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+CLIENT_AUTH: list[dict[str, list[str]]] = [{"clientBasic": []}, {}]  # {}: secret or id in the body
+ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": {
+        "type": "object", "required": ["error", "error_description", "message"],
+        "properties": {"error": {"type": "string"}, "error_description": {"type": "string"},
+                       "message": {"type": "string"}},
+    },
+    "TokenRequest": {
+        "type": "object", "required": ["grant_type"],
+        "properties": {name: {"type": "string"} for name in (
+            "grant_type", "client_id", "client_secret", "scope", "username", "password",
+            "refresh_token", "code", "redirect_uri", "code_verifier")},
+    },
+    "TokenResponse": {
+        "type": "object", "required": ["access_token", "token_type", "expires_in", "scope"],
+        "properties": {"access_token": {"type": "string"}, "token_type": {"const": "Bearer"},
+                       "expires_in": {"type": "integer"},
+                       "scope": {"type": ["string", "null"]}, "refresh_token": {"type": "string"}},
+    },
+    "TokenParam": {
+        "type": "object", "required": ["token"],
+        "properties": {"token": {"type": "string"},
+                       "token_type_hint": {"enum": ["access_token", "refresh_token"]},
+                       "client_id": {"type": "string"}, "client_secret": {"type": "string"}},
+    },
+    "Introspection": {
+        "type": "object", "required": ["active"],
+        "properties": {"active": {"type": "boolean"}, "scope": {"type": "string"},
+                       "client_id": {"type": "string"}, "username": {"type": "string"},
+                       "token_type": {"type": "string"}, "exp": {"type": "integer"},
+                       "iat": {"type": "integer"}, "sub": {"type": "string"},
+                       "iss": {"type": "string"}},
+    },
+    "Principal": {"type": "object", "properties": {"active": {"type": "boolean"}},
+                  "additionalProperties": True},
+    "Client": {
+        "type": "object", "required": ["client_id", "name"],
+        "properties": {"client_id": {"type": "string"}, "client_secret": {"type": "string"},
+                       "name": {"type": "string"}, "grant_types": {"type": "array"},
+                       "scopes": {"type": "array"}, "redirect_uris": {"type": "array"}},
+        "additionalProperties": True,
+    },
+    "ClientInput": {"type": "object", "additionalProperties": True},
+    "User": {
+        "type": "object", "required": ["username", "verified"],
+        "properties": {"username": {"type": "string"}, "verified": {"type": "boolean"},
+                       "created_at": {"type": "integer"}, "failed_logins": {"type": "integer"}},
+    },
+    "UserInput": {"type": "object", "additionalProperties": True},
+    "Metadata": {"type": "object", "required": ["issuer", "token_endpoint"],
+                 "additionalProperties": True},
+}
+
+
+def _token_endpoint(summary: str) -> Schema:
+    return {"post": _op(summary, {"200": _json(_ref("TokenResponse"), "Tokens issued."),
+                                  **OAUTH_ERRORS},
+                        body=_body(_ref("TokenRequest"), FORM, JSON), security=CLIENT_AUTH)}
+
+
+def _page(summary: str, *, post: bool) -> Schema:
+    get = _op(summary, {"200": _html("A page."), "302": _redirect("To the client or a page."),
+                        "400": _html("An error page (never a redirect).")})
+    item: Schema = {"get": get}
+    if post:
+        item["post"] = _op(summary + " (form submission)",
+                           {"200": _html("A page."), "303": _redirect("See other."),
+                            "400": _html("An error page."), "401": _html("Sign-in failed."),
+                            "403": _html("Form expired or forged."), "413": _html("Too large."),
+                            "415": _html("Not a form."), "423": _html("Locked."),
+                            "503": _error("Storage unavailable.", retry_after=True)},
+                           body=_body({"type": "object", "additionalProperties": True}, FORM))
+    return item
+
+
+def _console_page(summary: str) -> Schema:
+    return {"get": _op(summary, {"200": _html("A console page."),
+                                 "303": _redirect("To the sign-in page when signed out.")})}
+
+
+def _console_form(summary: str) -> Schema:
+    return {"post": _op(summary, {"200": _html("A console page."),
+                                  "303": _redirect("Done; back to a page."),
+                                  "400": _html("Invalid input."), "401": _html("Wrong key."),
+                                  "403": _html("Form expired or forged."),
+                                  "404": _html("No such client."), **COMMON},
+                        body=_body({"type": "object", "additionalProperties": True}, FORM))}
+
+
+def _merge(*items: Schema) -> Schema:
+    out: Schema = {}
+    for item in items:
+        out.update(item)
+    return out
+
+
+def document(issuer: str) -> dict[str, Any]:
+    """The OpenAPI document for a service at `issuer`."""
+    revoke_ok = {"200": {"description": "Revoked, or nothing to revoke (RFC 7009 §2.2)."}}
+    paths: dict[str, Schema] = {
+        "/oauth/token": _token_endpoint("Token endpoint (RFC 6749 §3.2)."),
+        "/oauth/v2/token": _token_endpoint("Token endpoint, finAPI's path."),
+        "/oauth/revoke": {"post": _op(
+            "Revocation (RFC 7009; or finAPI's Bearer style).", {**revoke_ok, **OAUTH_ERRORS},
+            body=_body(_ref("TokenParam"), FORM, JSON), security=[*CLIENT_AUTH, *BEARER])},
+        "/oauth/introspect": {"post": _op(
+            "Introspection (RFC 7662).", {"200": _json(_ref("Introspection"), "The token's state."),
+                                          **OAUTH_ERRORS},
+            body=_body(_ref("TokenParam"), FORM, JSON), security=[{"clientBasic": []}, {}])},
+        "/login": {"post": _op("Token login: who holds this access token.",
+                               {"200": _json(_ref("Principal"), "The principal."),
+                                "401": _error("invalid_token."), **COMMON}, security=BEARER)},
+        "/oauth/userinfo": {"get": _op("The principal of a Bearer access token.",
+                                       {"200": _json(_ref("Principal"), "The principal."),
+                                        "401": _error("invalid_token."), **COMMON},
+                                       security=BEARER)},
+        "/oauth/authorize": _page("Authorization endpoint (RFC 6749 §4.1, PKCE).", post=True),
+        "/authorize": _page("Authorization endpoint (alias).", post=True),
+        "/oauth/logout": _page("End the sign-in session.", post=True),
+        "/oauth/register": {"post": _op(
+            "Dynamic client registration (RFC 7591).",
+            {"201": _json(_ref("Client"), "Registered; the secret is shown once."),
+             "400": _error("invalid_redirect_uri or invalid_client_metadata."),
+             "401": _error("Registration is closed without the admin key."),
+             "429": _error("Too many registrations from this address.", retry_after=True),
+             **COMMON}, body=_body(_ref("ClientInput"), JSON), security=[*ADMIN, {}])},
+        "/api/client": {"post": _op(
+            "Client registration with Gancio's fields.",
+            {"201": _json(_ref("Client"), "Registered; the secret is shown once."),
+             "400": _error("Invalid field."),
+             "401": _error("Registration is closed without the admin key."),
+             "429": _error("Too many registrations from this address.", retry_after=True),
+             **COMMON}, body=_body(_ref("ClientInput"), FORM, JSON), security=[*ADMIN, {}])},
+        "/.well-known/oauth-authorization-server": {"get": _op(
+            "Authorization server metadata (RFC 8414).", {"200": _json(_ref("Metadata"), "Metadata.")})},
+        "/healthz": {"get": _op("Liveness.", {"200": _json({"type": "object"}, "Alive.")})},
+        "/readyz": {"get": _op("Readiness: Redis answers.",
+                               {"200": _json({"type": "object"}, "Ready."),
+                                "503": _error("Not ready.", retry_after=True)})},
+        "/metrics": {"get": _op("Prometheus metrics (absent with a metrics port).", {
+            "200": {"description": "Exposition format.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}})},
+        "/openapi.json": {"get": _op("This document.", {"200": _json({"type": "object"},
+                                                                     "OpenAPI 3.1.")})},
+        "/admin/clients": {
+            "get": _op("List active clients.", {"200": _json({"type": "object"}, "A page of clients."),
+                                                **ADMIN_ERRORS}, security=ADMIN),
+            "post": _op("Create a client; the secret is shown once.",
+                        {"201": _json(_ref("Client"), "Created."), **ADMIN_ERRORS},
+                        body=_body(_ref("ClientInput"), JSON), security=ADMIN)},
+        "/admin/clients/{client_id}": {
+            "parameters": [_path_param("client_id")],
+            "get": _op("A client.", {"200": _json(_ref("Client"), "The client."), **ADMIN_ERRORS},
+                       security=ADMIN),
+            "patch": _op("Edit a client and its configuration.",
+                         {"200": _json(_ref("Client"), "Edited."), **ADMIN_ERRORS},
+                         body=_body(_ref("ClientInput"), JSON), security=ADMIN),
+            "delete": _op("Revoke a client and all its tokens.",
+                          {"204": {"description": "Revoked."}, **ADMIN_ERRORS}, security=ADMIN)},
+        "/admin/clients/{client_id}/secret": {
+            "parameters": [_path_param("client_id")],
+            "post": _op("Rotate the secret; the new one is shown once.",
+                        {"200": _json(_ref("Client"), "Rotated."), **ADMIN_ERRORS}, security=ADMIN)},
+        "/admin/users": {"post": _op("Create a user.", {"201": _json(_ref("User"), "Created."),
+                                                        **ADMIN_ERRORS},
+                                     body=_body(_ref("UserInput"), JSON), security=ADMIN)},
+        "/admin/users/{username}": {
+            "parameters": [_path_param("username")],
+            "get": _op("A user.", {"200": _json(_ref("User"), "The user."), **ADMIN_ERRORS},
+                       security=ADMIN),
+            "patch": _op("Verify or set the password of a user.",
+                         {"200": _json(_ref("User"), "Edited."), **ADMIN_ERRORS},
+                         body=_body(_ref("UserInput"), JSON), security=ADMIN),
+            "delete": _op("Delete a user and end their tokens.",
+                          {"204": {"description": "Deleted."}, **ADMIN_ERRORS}, security=ADMIN)},
+        "/admin/users/{username}/unlock": {
+            "parameters": [_path_param("username")],
+            "post": _op("Lift a lockout.", {"204": {"description": "Unlocked."}, **ADMIN_ERRORS},
+                        security=ADMIN)},
+        "/admin": _console_page("The admin console: the clients table."),
+        "/admin/console/login": _merge(_console_page("Console sign-in."),
+                                       _console_form("Sign in with the admin key.")),
+        "/admin/console/logout": _console_form("Sign out of the console."),
+        "/admin/console/clients": _console_form("Create a client from the console."),
+        "/admin/console/clients/new": _console_page("The new-client form."),
+        "/admin/console/clients/{client_id}": _merge(
+            {"parameters": [_path_param("client_id")]},
+            _console_page("A client's page."), _console_form("Change a client from the console.")),
+        "/admin/console/clients/{client_id}/usage": {
+            "parameters": [_path_param("client_id")],
+            "get": _op("The live panel's numbers.", {"200": _json({"type": "object"}, "Counts."),
+                                                     "401": {"description": "Signed out."}})},
+        "/admin/console/users": _merge(_console_page("Users."),
+                                       _console_form("Change users from the console.")),
+        "/static/tokensvc.css": {"get": _op("The stylesheet.", {"200": {
+            "description": "CSS.", "content": {"text/css": {"schema": {"type": "string"}}}}})},
+        "/static/console.js": {"get": _op("The console's script.", {"200": {
+            "description": "JavaScript.",
+            "content": {"text/javascript": {"schema": {"type": "string"}}}}})},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "tokensvc", "version": __version__,
+                 "description": "OAuth 2.0 token service: tokens, revocation, introspection, "
+                                "the authorization-code flow, registration and administration."},
+        "servers": [{"url": issuer}],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "clientBasic": {"type": "http", "scheme": "basic",
+                                "description": "client_secret_basic (RFC 6749 §2.3.1)."},
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "An access token, or the admin key for /admin."},
+            },
+        },
+    }
