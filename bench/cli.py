@@ -19,6 +19,7 @@ tokensvc's bench suite: load tokensvc (or the reference endpoints) and record th
   python -m bench compare bench/results/A.json bench/results/B.json
   python -m bench plot bench/results/A.json -o out.png
   python -m bench suite
+  python -m bench soak --duration 600
 
 See bench/README.md for every option and how each figure of the issue is reproduced.
 """
@@ -131,6 +132,32 @@ def build_parser() -> argparse.ArgumentParser:
                           "speedscope (.json)")
     _load_options(run)
 
+    soak = sub.add_parser("soak", help="a long open-loop run at half the peak; errors and server memory",
+                          description="Start tokensvc (with its own redis-server), measure the peak "
+                          "with a short closed-loop run (unless --rate), then load open loop at half "
+                          "that rate for --duration, sampling the server's RSS from /proc. Writes "
+                          "bench/results/<stamp>-soak.json.")
+    soak.add_argument("--duration", type=_positive(float), default=600.0,
+                      help="seconds of open-loop load (default 600)")
+    soak.add_argument("--rate", type=_positive(float),
+                      help="requests per second (default: half the peak measured first)")
+    soak.add_argument("--scenario", choices=[s for s in SCENARIOS if s not in ("static", "noop")],
+                      default="client_credentials", help="what to send (default client_credentials)")
+    soak.add_argument("--connections", type=_positive(int), default=64,
+                      help="keep-alive connections (default 64)")
+    soak.add_argument("--workers", type=_positive(int), default=1, help="tokensvc workers (default 1)")
+    soak.add_argument("--peak-seconds", type=_positive(float), default=10.0,
+                      help="closed-loop seconds measuring the peak (default 10)")
+    soak.add_argument("--warmup", type=float, default=3.0,
+                      help="warm-up seconds before the peak measurement (default 3)")
+    soak.add_argument("--sample-seconds", type=_positive(float), default=5.0,
+                      help="seconds between memory samples (default 5)")
+    soak.add_argument("--set", dest="settings", action="append", type=_setting, default=[],
+                      metavar="KEY=VALUE", help="a tokensvc setting (repeatable)")
+    soak.add_argument("-o", "--output", type=Path,
+                      help="result file (default bench/results/<stamp>-soak.json)")
+    soak.add_argument("--quiet", action="store_true", help="no progress lines")
+
     compare = sub.add_parser("compare", help="throughput and p99 ratios against the first result")
     compare.add_argument("results", nargs="+", type=Path, metavar="RESULT.json")
     compare.add_argument("--markdown", action="store_true", help="a Markdown table")
@@ -176,6 +203,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     import uvloop
+
+    if args.command == "soak":
+        from bench.soak import SoakOptions, soak, soak_summary
+
+        sopts = SoakOptions(duration=args.duration, rate=args.rate, scenario=args.scenario,
+                            connections=args.connections, workers=args.workers,
+                            peak_seconds=args.peak_seconds, warmup=args.warmup,
+                            sample_seconds=args.sample_seconds, settings=dict(args.settings),
+                            output=args.output, quiet=args.quiet)
+        try:
+            sdoc = uvloop.run(soak(sopts, args_list))
+        except (StartError, SetupError, ConnectionError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        print(soak_summary(sdoc))
+        return 0 if sdoc["errors"]["total"] == 0 else 2
 
     from bench.runner import RunOptions, execute, print_summary
 

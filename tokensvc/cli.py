@@ -44,11 +44,12 @@ T = TypeVar("T")
 FC = TypeVar("FC", bound=Callable[..., Any])
 
 _DEFAULTS = Settings()
-# Idle keep-alive connections are closed after this many seconds: long enough for a client that
+# Idle keep-alive connections are closed after this many seconds by default (the
+# keep_alive_timeout setting): long enough for a client that
 # fetches a token and then introspects or refreshes it to reuse its connection, short enough that
 # idle connections from many service instances do not pile up. A load balancer in front should
 # use a shorter idle timeout than this, so it never sends on a connection uvicorn is closing.
-KEEP_ALIVE_SECONDS = 15
+KEEP_ALIVE_SECONDS = _DEFAULTS.keep_alive_timeout
 # On SIGTERM, in-flight requests (milliseconds each) may finish; a connection still busy after
 # this is cut, so a stop always completes within a bounded time.
 GRACEFUL_SHUTDOWN_SECONDS = 10
@@ -194,7 +195,9 @@ def serve(**flags: Any) -> None:
             workers=cfg.workers, loop="uvloop", http="httptools", lifespan="on",
             log_level=cfg.log_level, log_config=_log_config(cfg.log_level),
             access_log=cfg.access_log,
-            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            # Idle connections between requests; a body that never completes is cut by
+            # params.read_body (request_timeout, 408), as uvicorn has no request-read timeout.
+            timeout_keep_alive=cfg.keep_alive_timeout,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         )
         # No limit_concurrency: uvicorn would answer excess requests with a plain-text 503, not

@@ -195,8 +195,11 @@ class ClientDirectory:
             # Its own client with no silent retry: a broken subscription must surface here,
             # because messages published while it was down are lost.
             # TCP keepalive only for TCP: redis-py refuses the option for unix:// (embedded Redis).
-            keepalive = {} if url.startswith("unix:") else {"socket_keepalive": True}
-            sub = aioredis.Redis.from_url(url, socket_connect_timeout=timeout, **keepalive,
+            # On a cluster, any node will do (classic PUBLISH reaches them all): a random one
+            # of the current topology, so a resubscription after a failover finds a live node.
+            node_url = self.store.node_url() or url
+            keepalive = {} if node_url.startswith("unix:") else {"socket_keepalive": True}
+            sub = aioredis.Redis.from_url(node_url, socket_connect_timeout=timeout, **keepalive,
                                           health_check_interval=5, retry=Retry(NoBackoff(), 0))
             pubsub = sub.pubsub()
             try:

@@ -116,6 +116,13 @@ class PayloadTooLarge(OAuthError):
     status_code = 413
 
 
+class RequestTimeout(OAuthError):
+    """The body did not arrive in full within the configured time (408)."""
+
+    error = "invalid_request"
+    status_code = 408
+
+
 class UnsupportedMediaType(OAuthError):
     """The body is neither form-urlencoded nor JSON (415)."""
 

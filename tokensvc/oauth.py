@@ -40,6 +40,7 @@ class OAuthEndpoints:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
         self.limit = svc.settings.max_body_size
+        self.timeout = svc.settings.request_timeout
 
     async def token(self, request: Request) -> Response:
         try:
@@ -53,7 +54,7 @@ class OAuthEndpoints:
 
     async def _token(self, request: Request) -> Response:
         svc = self.svc
-        params = await read_params(request, self.limit)
+        params = await read_params(request, self.limit, self.timeout)
         grant_type = params.get("grant_type")
         if grant_type is None:
             raise InvalidRequest("grant_type is required.")
@@ -73,7 +74,7 @@ class OAuthEndpoints:
     async def revoke(self, request: Request) -> Response:
         """RFC 7009, plus finAPI's `Authorization: Bearer <the client's own access token>`."""
         svc = self.svc
-        params = await read_params(request, self.limit)
+        params = await read_params(request, self.limit, self.timeout)
         for name in ("token", "token_type_hint"):
             value = request.query_params.get(name)
             if value:
@@ -115,7 +116,7 @@ class OAuthEndpoints:
     async def introspect(self, request: Request) -> Response:
         """RFC 7662: anything unknown, expired, rotated or revoked is just `active: false`."""
         svc = self.svc
-        params = await read_params(request, self.limit)
+        params = await read_params(request, self.limit, self.timeout)
         await authenticate(request.headers.get("authorization"), params, svc.clients,
                            allow_public=False)
         token = params.get("token")

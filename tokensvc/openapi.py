@@ -46,6 +46,7 @@ def _redirect(description: str) -> Schema:
 
 # Answers any endpoint can give: bad input, size, media type, storage outage.
 COMMON = {
+    "408": _error("The body did not arrive in full within the configured time."),
     "413": _error("The body is larger than the configured limit."),
     "415": _error("The body is neither form-urlencoded nor JSON."),
     "503": _error("Storage is unavailable (`temporarily_unavailable`); retry after Retry-After.",
@@ -161,7 +162,8 @@ def _page(summary: str, *, post: bool) -> Schema:
         item["post"] = _op(summary + " (form submission)",
                            {"200": _html("A page."), "303": _redirect("See other."),
                             "400": _html("An error page."), "401": _html("Sign-in failed."),
-                            "403": _html("Form expired or forged."), "413": _html("Too large."),
+                            "403": _html("Form expired or forged."), "408": _html("Too slow."),
+                            "413": _html("Too large."),
                             "415": _html("Not a form."), "423": _html("Locked."),
                             "503": _error("Storage unavailable.", retry_after=True)},
                            body=_body({"type": "object", "additionalProperties": True}, FORM))

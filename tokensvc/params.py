@@ -7,13 +7,14 @@ and §3.2 forbid ("Request and response parameters MUST NOT be included more tha
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
-from tokensvc.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from tokensvc.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 
 Params = dict[str, str]
 
@@ -78,8 +79,22 @@ def parse_form(body: bytes) -> list[tuple[str, str]]:
         raise InvalidRequest("The form body is not valid UTF-8 percent-encoding.") from None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed the limit."""
+# uvicorn bounds the idle time between requests on a connection (timeout_keep_alive), not the
+# time a request body takes to arrive: without this, a client that sends headers and then a
+# body that never completes holds a connection and a task for as long as it likes.
+DEFAULT_REQUEST_TIMEOUT = 10.0
+
+
+def _request_timeout(request: Request) -> float:
+    """The app's setting; the hot paths (hotpath.py) pass theirs, having no `app` in the scope."""
+    state = getattr(request.scope.get("app"), "state", None)
+    settings = getattr(getattr(state, "services", None), "settings", None)
+    return float(getattr(settings, "request_timeout", DEFAULT_REQUEST_TIMEOUT))
+
+
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed the limit, and with 408 when
+    it has not arrived in full within the `request_timeout` setting."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -88,17 +103,22 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
-        chunks.append(chunk)
+    seconds = _request_timeout(request) if timeout is None else timeout
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"The body did not arrive within {seconds:g} seconds.") from None
     return b"".join(chunks)
 
 
-async def read_params(request: Request, limit: int) -> Params:
-    """The body's parameters; 415 for other media types, 413 beyond the limit."""
-    body = await read_body(request, limit)
+async def read_params(request: Request, limit: int, timeout: float | None = None) -> Params:
+    """The body's parameters; 415 for other media types, 413 beyond the limit, 408 too slow."""
+    body = await read_body(request, limit, timeout)
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype == "application/x-www-form-urlencoded":
         pairs = parse_form(body)

@@ -27,6 +27,15 @@ _EDITABLE = ("name", "redirect_uris", "scopes", "grant_types", "website",
              "reuse_tokens", "require_verified_users", *_CONFIG_INTS)
 
 
+def new_client_id() -> str:
+    """128 random bits, base64url; never starting with '-', which a command line would read as
+    an option (`tokensvc client show -x...`)."""
+    while True:
+        client_id = secrets.token_urlsafe(16)
+        if not client_id.startswith("-"):
+            return client_id
+
+
 def new_secret() -> str:
     """A client secret: 256 random bits, prefixed so secret scanners recognise it."""
     return SECRET_PREFIX + secrets.token_urlsafe(32)
@@ -154,7 +163,7 @@ class Registry:
             "client_credentials", "password", "refresh_token")
         secret = None if public else new_secret()
         client = _check_client(Client(
-            client_id=secrets.token_urlsafe(16),
+            client_id=new_client_id(),
             name=_text(doc, "name", required=True) or "",
             secret_hash=None if secret is None else await self.hasher.hash(secret),
             token_endpoint_auth_method=method,

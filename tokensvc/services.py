@@ -9,7 +9,7 @@ from tokensvc.hashing import Hasher
 from tokensvc.issuance import TokenIssuer
 from tokensvc.settings import Settings
 from tokensvc.store.fastredis import FastRedis
-from tokensvc.store.redis import RedisStore, connect
+from tokensvc.store.redis import RedisStore, connect, connect_cluster
 from tokensvc.tokens import TokenCodec
 from tokensvc.usage import Usage
 
@@ -29,10 +29,20 @@ class Services:
         """Wire the parts; needs a Redis URL and server keys already resolved."""
         if settings.redis_url is None:
             raise ValueError("a Redis URL is required (the CLI starts an embedded one)")
-        store = RedisStore(connect(settings.redis_url, timeout=settings.redis_timeout,
-                                   pool_size=settings.redis_pool_size),
-                           ack_timeout=settings.redis_timeout,
-                           fast=FastRedis(settings.redis_url, settings.redis_timeout))
+        if settings.redis_cluster:
+            # No auto-pipelining client on a cluster: it speaks to one node and knows no slots.
+            # The hot path goes through redis-py's cluster client, which routes every command
+            # (and each node's share of a pipeline) by its keys' slot and follows failovers.
+            store = RedisStore(connect_cluster(settings.redis_url, timeout=settings.redis_timeout,
+                                               pool_size=settings.redis_pool_size),
+                               ack_timeout=settings.redis_timeout,
+                               wait_replicas=settings.redis_wait_replicas, url=settings.redis_url)
+        else:
+            store = RedisStore(connect(settings.redis_url, timeout=settings.redis_timeout,
+                                       pool_size=settings.redis_pool_size),
+                               ack_timeout=settings.redis_timeout,
+                               fast=FastRedis(settings.redis_url, settings.redis_timeout),
+                               wait_replicas=settings.redis_wait_replicas, url=settings.redis_url)
         codec = TokenCodec(settings.secret_keys)
         hasher = Hasher(settings.password_time_cost, settings.password_memory_cost,
                         settings.password_parallelism)

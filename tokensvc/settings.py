@@ -135,6 +135,7 @@ class Settings:
     redis_cluster: bool = False
     redis_timeout: float = 1.0
     redis_pool_size: int = 64
+    redis_wait_replicas: int = 0
     data_dir: Path = Path("var")
     admin_key: str | None = None
     secret_keys: tuple[str, ...] = ()
@@ -159,6 +160,8 @@ class Settings:
     client_auth_failure_limit: int = 20
     client_auth_failure_window: int = 60
     max_body_size: int = 65536
+    request_timeout: float = 10.0
+    keep_alive_timeout: int = 15
     retry_after: int = 1
     log_level: str = "info"
     access_log: bool = False
@@ -203,7 +206,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("redis_cluster", "Treat the Redis URL as any node of a Redis Cluster.", _bool),
     Option("redis_timeout", "Seconds before a Redis call counts as an outage (503).", _float,
            lambda v: None if 0 < v <= 30 else "must be between 0 and 30 seconds"),
-    Option("redis_pool_size", "Redis connections per worker.", _int, _at_least(1)),
+    Option("redis_pool_size", "Redis connections per worker (per node on a cluster).", _int,
+           _at_least(1)),
+    Option("redis_wait_replicas", "After each token write (issue, reuse, rotation, code "
+           "redemption, revocation), WAIT until this many replicas of the node holding it have "
+           "it (at most half of redis_timeout) before answering, so a failover does not lose "
+           "it; fewer in time is logged, not refused. 0 = do not wait.", _int,
+           _between(0, 16)),
     Option("data_dir", "Where the embedded Redis and generated keys live.", lambda s: Path(s.strip())),
     Option("admin_key", "Bearer key of the admin API; generated under the data dir when unset.", _str,
            lambda v: None if v is None or len(v) >= 16 else "must be at least 16 characters"),
@@ -241,6 +250,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("client_auth_failure_window", "Seconds in which failed secret checks are counted.", _int,
            _between(1, 86400)),
     Option("max_body_size", "Largest request body accepted, bytes (413 beyond).", _int, _at_least(1024)),
+    Option("request_timeout", "Seconds a request body may take to arrive in full (408 beyond).",
+           _float, lambda v: None if 0 < v <= 3600 else "must be > 0 and <= 3600"),
+    Option("keep_alive_timeout", "Seconds an idle keep-alive connection is kept open (uvicorn's "
+           "timeout_keep_alive); a load balancer in front should use a shorter idle timeout.", _int,
+           _between(1, 3600)),
     Option("retry_after", "Retry-After seconds sent with 503.", _int, _at_least(1)),
     Option("log_level", "Log level.", lambda s: s.strip().lower(), _log_level),
     Option("access_log", "Log one line per request (uvicorn's access log; costs throughput).",

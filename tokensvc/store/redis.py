@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from redis import asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -77,6 +80,24 @@ def connect(url: str, *, timeout: float, pool_size: int) -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
+def connect_cluster(url: str, *, timeout: float, pool_size: int) -> RedisCluster:
+    """A Redis Cluster client from the URL of any one node; the same time bounds as `connect`.
+
+    A connection error is retried once (after redis-py refreshes its slot map, which is how a
+    replica promoted by a failover is found). `require_full_coverage=False`: while one shard is
+    failing over, the keys of the others keep being served instead of every call failing.
+    """
+    return RedisCluster.from_url(
+        url,
+        max_connections=pool_size,  # per node
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=10,
+        require_full_coverage=False,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
+
+
 def token_record(raw: bytes | str | None, kind: str | None = None) -> TokenRecord | None:
     """Decode a stored token record; None for absent or of another kind."""
     if raw is None:
@@ -130,9 +151,16 @@ def _user_from(raw: bytes | str) -> User:
 class RedisStore:
     """The single place tokensvc talks to Redis."""
 
-    def __init__(self, redis: aioredis.Redis, ack_timeout: float = 1.0,
-                 fast: FastRedis | None = None) -> None:
-        self.redis = redis
+    def __init__(self, redis: aioredis.Redis | RedisCluster, ack_timeout: float = 1.0,
+                 fast: FastRedis | None = None, wait_replicas: int = 0,
+                 url: str | None = None) -> None:
+        # Typed as the single-node client: the cluster client offers the same commands (and
+        # routes each by its keys' slot), which is all this class uses.
+        self.redis: aioredis.Redis = redis  # type: ignore[assignment]
+        self.cluster: RedisCluster | None = redis if isinstance(redis, RedisCluster) else None
+        self.url = url
+        # > 0: each token write is followed by WAIT on its connection (see `_write`).
+        self.wait_replicas = wait_replicas
         # The hot path's commands (token writes and reads, the issue/reuse/rotate scripts) go
         # through the auto-pipelining client when there is one; everything else uses redis-py.
         self.fast = fast
@@ -154,9 +182,72 @@ class RedisStore:
 
     @map_redis_errors
     async def load_scripts(self) -> None:
-        """SCRIPT LOAD once at start-up so the hot path is EVALSHA only."""
+        """SCRIPT LOAD once at start-up so the hot path is EVALSHA only. On a cluster redis-py
+        sends SCRIPT LOAD to every primary (a promoted replica that lacks a script gets it
+        from the NOSCRIPT fallback)."""
         for script in self._scripts:
             script.sha = await self.redis.script_load(script.script)
+
+    def node_url(self) -> str | None:
+        """On a cluster, the URL (credentials and options of the configured one) of a node
+        picked at random from the current topology, for connections that must sit on one
+        node (subscriptions); None on a single Redis."""
+        if self.cluster is None or self.url is None:
+            return None
+        nodes = self.cluster.get_nodes()
+        if not nodes:
+            return self.url
+        node = random.choice(nodes)
+        parts = urlsplit(self.url)
+        auth = parts.netloc.rpartition("@")[0]
+        netloc = f"{auth}@" if auth else ""
+        return urlunsplit(parts._replace(netloc=f"{netloc}{node.host}:{node.port}"))
+
+    async def _write(self, script: AsyncScript | None, keys_: list[str], args: list[Any],
+                     hot: bool = True) -> Any:
+        """A token write: the script (or, with `script` None, SET keys_[0] args[0] PX args[1]),
+        then, when `wait_replicas` > 0, WAIT for that many replicas to hold it.
+
+        WAIT counts the writes of its own connection, so both go in one pipeline: on a single
+        Redis that is one connection; on a cluster, WAIT is aimed at the node owning the key,
+        and redis-py sends each node's share of a pipeline on one connection. Best effort, like
+        WAIT itself: fewer acknowledgements within the timeout are logged, and the answer still
+        goes out, because the write has happened (failing it would turn a retried rotation or
+        code redemption into reuse or replay)."""
+        if self.wait_replicas <= 0:
+            if script is None:
+                if self.fast is not None:
+                    return await self.fast.execute("SET", keys_[0], args[0], "PX", args[1])
+                return await self.redis.set(keys_[0], args[0], px=args[1])
+            return await (self._run(script, keys_, args) if hot else script(keys=keys_, args=args))
+        wait_ms = max(1, int(self.ack_timeout * 500))  # well inside the socket timeout
+        for attempt in (1, 2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if script is None:
+                    pipe.set(keys_[0], args[0], px=args[1])
+                else:
+                    # (EVALSHA by name: redis-py blocks the evalsha method in cluster pipelines)
+                    pipe.execute_command("EVALSHA", script.sha, len(keys_), *keys_, *args)
+                if self.cluster is not None:
+                    pipe.execute_command("WAIT", self.wait_replicas, wait_ms,
+                                         target_nodes=self.cluster.get_node_from_key(keys_[0]))
+                else:
+                    pipe.execute_command("WAIT", self.wait_replicas, wait_ms)
+                try:
+                    result, acked = await pipe.execute()
+                except ResponseError as exc:
+                    # NOSCRIPT: the script did not run (Redis restarted or a replica was
+                    # promoted); load it everywhere and send the pair again.
+                    if attempt == 2 or "NOSCRIPT" not in str(exc):
+                        raise
+                    for s in self._scripts:
+                        s.sha = await self.redis.script_load(s.script)
+                    continue
+            if int(acked) < self.wait_replicas:
+                log.warning("a token write reached %d of %d replicas in %d ms", int(acked),
+                            self.wait_replicas, wait_ms)
+            return result
+        raise AssertionError("unreachable")
 
     async def _run(self, script: AsyncScript, keys_: list[str], args: list[Any]) -> Any:
         """EVALSHA through the fast client (or redis-py's Script); a Redis that lost its script
@@ -179,17 +270,17 @@ class RedisStore:
     async def close(self) -> None:
         if self.fast is not None:
             self.fast.close()
-        await self.redis.aclose(close_connection_pool=True)
+        if self.cluster is not None:
+            await self.cluster.aclose()
+        else:
+            await self.redis.aclose(close_connection_pool=True)
 
     # -- tokens -------------------------------------------------------------------------
 
     @map_redis_errors
     async def put_token(self, key: str, record: bytes, ttl_ms: int) -> None:
         """A lone token (client_credentials): one SET, nothing else to keep consistent."""
-        if self.fast is not None:
-            await self.fast.execute("SET", key, record, "PX", ttl_ms)
-        else:
-            await self.redis.set(key, record, px=ttl_ms)
+        await self._write(None, [key], [record, ttl_ms])
 
     @map_redis_errors
     async def issue(self, grant_id: str, tokens: Sequence[tuple[str, bytes, int]]) -> None:
@@ -197,7 +288,8 @@ class RedisStore:
         args: list[Any] = [max(ttl for _, _, ttl in tokens)]
         for _, record, ttl in tokens:
             args += [record, ttl]
-        await self._run(self._issue, [keys.grant_index(grant_id), *(k for k, _, _ in tokens)], args)
+        await self._write(self._issue, [keys.grant_index(grant_id), *(k for k, _, _ in tokens)],
+                          args)
 
     @map_redis_errors
     async def reuse_or_issue(self, grant_id: str, reuse_record: bytes, reuse_ttl_ms: int,
@@ -206,7 +298,7 @@ class RedisStore:
         args: list[Any] = [reuse_record, reuse_ttl_ms, max(ttl for _, _, ttl in tokens)]
         for _, record, ttl in tokens:
             args += [record, ttl]
-        found = await self._run(
+        found = await self._write(
             self._reuse, [keys.reuse(grant_id), keys.grant_index(grant_id), *(k for k, _, _ in tokens)],
             args)
         if not found:
@@ -218,11 +310,13 @@ class RedisStore:
                      client_id: str, redirect_uri: str, verifier: str, verifier_s256: str,
                      access_ttl_ms: int, refresh_ttl_ms: int, with_refresh: bool) -> list[str]:
         """redeem.lua; the answer's first item names the outcome."""
-        out = await self._redeem(
-            keys=[keys.token(grant_id, code), keys.grant_index(grant_id),
-                  keys.token(grant_id, new_access), keys.token(grant_id, new_refresh)],
-            args=[client_id, redirect_uri, verifier, verifier_s256, access_ttl_ms, refresh_ttl_ms,
-                  "1" if with_refresh else "0"],
+        out = await self._write(
+            self._redeem,
+            [keys.token(grant_id, code), keys.grant_index(grant_id),
+             keys.token(grant_id, new_access), keys.token(grant_id, new_refresh)],
+            [client_id, redirect_uri, verifier, verifier_s256, access_ttl_ms, refresh_ttl_ms,
+             "1" if with_refresh else "0"],
+            hot=False,
         )
         return [x.decode() if isinstance(x, bytes) else str(x) for x in out]
 
@@ -237,7 +331,7 @@ class RedisStore:
                      client_id: str, scope: str, access_ttl_ms: int, refresh_ttl_ms: int,
                      grace_ms: int) -> list[str]:
         """rotate.lua; the answer's first item names the outcome."""
-        out = await self._run(
+        out = await self._write(
             self._rotate,
             [keys.token(grant_id, presented), keys.grant_index(grant_id), keys.reuse(grant_id),
              keys.token(grant_id, new_access), keys.token(grant_id, new_refresh)],
@@ -251,10 +345,11 @@ class RedisStore:
     async def revoke(self, grant_id: str, token_digest: str, client_id: str, whole_grant: bool,
                      username: str | None = None) -> str:
         """revoke.lua: 'OK', 'UNKNOWN' or 'FORBIDDEN'."""
-        out = await self._revoke(
-            keys=[keys.token(grant_id, token_digest), keys.grant_index(grant_id),
-                  keys.reuse(grant_id)],
-            args=[client_id, "grant" if whole_grant else "token", username or ""],
+        out = await self._write(
+            self._revoke,
+            [keys.token(grant_id, token_digest), keys.grant_index(grant_id), keys.reuse(grant_id)],
+            [client_id, "grant" if whole_grant else "token", username or ""],
+            hot=False,
         )
         outcome = out.decode() if isinstance(out, bytes) else str(out)
         if outcome == "OKR":
@@ -332,14 +427,28 @@ class RedisStore:
         nonce = secrets.token_urlsafe(12)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ack_timeout
-        pubsub = self.redis.pubsub()
+        # On a cluster, the confirmations are heard on one node (classic PUBLISH reaches every
+        # node), with a plain connection to it.
+        node_url = self.node_url()
+        node = None if node_url is None else aioredis.Redis.from_url(
+            node_url, socket_timeout=self.ack_timeout, socket_connect_timeout=self.ack_timeout)
+        pubsub = (self.redis if node is None else node).pubsub()
         try:
             await pubsub.subscribe(keys.INVALIDATED_CHANNEL)
             subscribed = False  # listen before announcing, so no confirmation is missed
             while not subscribed and (left := deadline - loop.time()) > 0:
                 msg = await pubsub.get_message(timeout=left)
                 subscribed = msg is not None and msg["type"] == "subscribe"
-            waiting = int(await self.redis.publish(keys.INVALIDATION_CHANNEL, f"{client_id} {nonce}"))
+            message = f"{client_id} {nonce}"
+            if self.cluster is None:
+                waiting = int(await self.redis.publish(keys.INVALIDATION_CHANNEL, message))
+            else:
+                # PUBLISH on a cluster counts only the receiving node's subscribers: count the
+                # instances listening on every node first.
+                counts = await self.cluster.execute_command(
+                    "PUBSUB NUMSUB", keys.INVALIDATION_CHANNEL, target_nodes=RedisCluster.ALL_NODES)
+                waiting = sum(int(n) for _, n in counts)
+                await self.redis.publish(keys.INVALIDATION_CHANNEL, message)
             while waiting > 0 and (left := deadline - loop.time()) > 0:
                 msg = await pubsub.get_message(timeout=left)
                 if msg is not None and msg["type"] == "message" and msg["data"] == nonce.encode():
@@ -349,6 +458,8 @@ class RedisStore:
                             waiting, client_id)
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if node is not None:
+                await node.aclose()
 
     @map_redis_errors
     async def confirm_invalidation(self, nonce: str) -> None:
@@ -399,7 +510,12 @@ class RedisStore:
     async def _clients(self, ids: Sequence[bytes | str]) -> list[Client]:
         if not ids:
             return []
-        raws = await self.redis.mget([keys.client(_text(i)) for i in ids])
+        # One GET per client in a pipeline, not MGET: the records live in different slots, which
+        # a cluster refuses in one MGET; a (cluster) pipeline is still one round trip per node.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.get(keys.client(_text(i)))
+            raws = await pipe.execute()
         return [_client_from(raw) for raw in raws if raw is not None]
 
     @map_redis_errors
