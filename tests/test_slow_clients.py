@@ -155,3 +155,36 @@ def test_a_2_mb_body_is_refused_413(served: tuple[str, int]) -> None:
         status, _, body = read_response(sock)
         assert status == 413, body
         assert orjson.loads(body)["error"] == "invalid_request"
+
+
+def test_a_connection_that_sends_nothing_is_closed(served: tuple[str, int]) -> None:
+    with connect(served) as sock:
+        assert closed_within(sock, REQUEST_TIMEOUT + SLACK) >= REQUEST_TIMEOUT - 0.5
+
+
+def test_headers_trickled_a_byte_at_a_time_are_cut(served: tuple[str, int]) -> None:
+    head = b"POST /oauth/token HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+    with connect(served) as sock:
+        start = time.monotonic()
+        sock.settimeout(0.5)
+        try:
+            for byte in head:  # a byte every 50 ms: the head never completes in time
+                sock.sendall(bytes([byte]))
+                time.sleep(0.05)
+                assert time.monotonic() - start < REQUEST_TIMEOUT + SLACK, "still open"
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert time.monotonic() - start < REQUEST_TIMEOUT + SLACK
+        closed_within(sock, SLACK)
+
+
+def test_a_keep_alive_connection_gets_a_new_deadline_per_request(served: tuple[str, int]) -> None:
+    """Two requests on one connection, each head sent at once after a pause shorter than both
+    timeouts, are both answered: the deadline restarts with each request."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with connect(served) as sock:
+        for _ in range(2):
+            time.sleep(REQUEST_TIMEOUT / 2)
+            sock.sendall(request)
+            status, _, _ = read_response(sock)
+            assert status == 200

@@ -34,6 +34,7 @@ from uvicorn.config import LOGGING_CONFIG
 from tokensvc import __version__, settings as settings_mod
 from tokensvc.errors import OAuthError, StoreUnavailable
 from tokensvc.hashing import Hasher
+from tokensvc.httpprotocol import HeaderDeadlineProtocol
 from tokensvc.models import GRANT_TYPES
 from tokensvc.registry import Registry, client_view, user_view
 from tokensvc.settings import ENV_PREFIX, OPTIONS, Option, Settings, SettingsError
@@ -192,11 +193,11 @@ def serve(**flags: Any) -> None:
             _metrics_files(cfg)
         uvicorn.run(
             "tokensvc.app:create_app", factory=True, host=cfg.host, port=cfg.port,
-            workers=cfg.workers, loop="uvloop", http="httptools", lifespan="on",
+            workers=cfg.workers, loop="uvloop", http=HeaderDeadlineProtocol, lifespan="on",
             log_level=cfg.log_level, log_config=_log_config(cfg.log_level),
             access_log=cfg.access_log,
-            # Idle connections between requests; a body that never completes is cut by
-            # params.read_body (request_timeout, 408), as uvicorn has no request-read timeout.
+            # Idle connections between requests; a request head that does not arrive within
+            # request_timeout is cut by HeaderDeadlineProtocol, a body by params.read_body (408).
             timeout_keep_alive=cfg.keep_alive_timeout,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         )

@@ -250,7 +250,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("client_auth_failure_window", "Seconds in which failed secret checks are counted.", _int,
            _between(1, 86400)),
     Option("max_body_size", "Largest request body accepted, bytes (413 beyond).", _int, _at_least(1024)),
-    Option("request_timeout", "Seconds a request body may take to arrive in full (408 beyond).",
+    Option("request_timeout", "Seconds a request's head may take to arrive (the connection is "
+           "closed beyond), then its body (408 beyond).",
            _float, lambda v: None if 0 < v <= 3600 else "must be > 0 and <= 3600"),
     Option("keep_alive_timeout", "Seconds an idle keep-alive connection is kept open (uvicorn's "
            "timeout_keep_alive); a load balancer in front should use a shorter idle timeout.", _int,
