@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import AppFactory, free_port, make_settings
-from tokensvc.app import create_app
+from tests.conftest import AppFactory, free_port, make_settings, running_app
 
 NODE_TIMEOUT_MS = 2000
 
@@ -181,18 +179,7 @@ def cluster_db(redis_cluster: RedisClusterNodes) -> Iterator[redis.RedisCluster]
 def cluster_app_factory(cluster_db: redis.RedisCluster, redis_cluster: RedisClusterNodes) -> AppFactory:
     """Like `app_factory`, on the cluster (`redis_cluster=True`, the URL of one node)."""
 
-    @contextlib.asynccontextmanager
-    async def factory(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-        app = create_app(make_settings(redis_cluster.url, redis_cluster=True, **overrides))
-        async with app.router.lifespan_context(app):
-            svc = app.state.services
-            for _ in range(300):
-                if svc.clients.live:
-                    break
-                await asyncio.sleep(0.01)
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-                http.app = app  # type: ignore[attr-defined]
-                yield http
+    def factory(**overrides: Any) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
+        return running_app(make_settings(redis_cluster.url, redis_cluster=True, **overrides))
 
     return factory

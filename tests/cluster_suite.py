@@ -12,7 +12,6 @@ tests/test_cluster.py keeps its own cluster, since its failover test changes the
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import tempfile
@@ -25,8 +24,7 @@ import pytest
 from redis.cluster import RedisCluster
 
 from tests.cluster_fixtures import RedisClusterNodes
-from tests.conftest import AppFactory, make_settings
-from tokensvc.app import create_app
+from tests.conftest import AppFactory, make_settings, running_app
 
 __all__ = ["app_factory", "http", "redis_db", "suite_cluster"]
 
@@ -59,19 +57,8 @@ def redis_db(suite_cluster: RedisClusterNodes) -> Iterator[RedisCluster]:
 def app_factory(redis_db: RedisCluster, suite_cluster: RedisClusterNodes) -> AppFactory:
     """Like conftest's `app_factory`, on the cluster (`redis_cluster=True`, one node's URL)."""
 
-    @contextlib.asynccontextmanager
-    async def factory(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-        app = create_app(make_settings(suite_cluster.url, redis_cluster=True, **overrides))
-        async with app.router.lifespan_context(app):
-            svc = app.state.services
-            for _ in range(300):  # the invalidation subscription is up: the cache is in play
-                if svc.clients.live:
-                    break
-                await asyncio.sleep(0.01)
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-                http.app = app  # type: ignore[attr-defined]
-                yield http
+    def factory(**overrides: Any) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
+        return running_app(make_settings(suite_cluster.url, redis_cluster=True, **overrides))
 
     return factory
 

@@ -111,23 +111,29 @@ def make_settings(redis_url: str, **overrides: Any) -> Settings:
 AppFactory = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
+@contextlib.asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app started (lifespan) with its invalidation subscription up, and an HTTP client
+    that drives it in-process; the app is at `client.app`."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        svc = app.state.services
+        for _ in range(300):  # the invalidation subscription is up: the cache is in play
+            if svc.clients.live:
+                break
+            await asyncio.sleep(0.01)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            http.app = app  # type: ignore[attr-defined]
+            yield http
+
+
 @pytest.fixture
 def app_factory(redis_db: redis.Redis, redis_server: RedisServer) -> AppFactory:
     """Build an app (with settings overrides) and an HTTP client that drives it in-process."""
 
-    @contextlib.asynccontextmanager
-    async def factory(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-        app = create_app(make_settings(redis_server.url, **overrides))
-        async with app.router.lifespan_context(app):
-            svc = app.state.services
-            for _ in range(200):  # the invalidation subscription is up: the cache is in play
-                if svc.clients.live:
-                    break
-                await asyncio.sleep(0.01)
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-                http.app = app  # type: ignore[attr-defined]
-                yield http
+    def factory(**overrides: Any) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
+        return running_app(make_settings(redis_server.url, **overrides))
 
     return factory
 

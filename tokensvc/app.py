@@ -28,7 +28,13 @@ from tokensvc.metrics import Receive, Scope, Send
 from tokensvc.oauth import OAuthEndpoints
 from tokensvc.principal import PrincipalEndpoints
 from tokensvc.registration import RegistrationEndpoints
-from tokensvc.responses import error_body, error_response, json_response
+from tokensvc.responses import (
+    crash_response,
+    error_body,
+    error_response,
+    json_response,
+    unavailable_response,
+)
 from tokensvc.services import Services
 from tokensvc.settings import Settings
 
@@ -131,9 +137,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def on_store_unavailable(request: Request, exc: Exception) -> Response:
         log.warning("storage unavailable: %s", exc)
-        return json_response(
-            error_body("temporarily_unavailable", "Storage is unavailable; retry shortly."), 503,
-            {"Retry-After": str(settings.retry_after)}, no_store=True)
+        return unavailable_response(settings.retry_after)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -142,7 +146,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def on_crash(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path)
-        return json_response(error_body("server_error", "Internal error."), 500, no_store=True)
+        return crash_response()
 
     app = App(
         routes=routes,

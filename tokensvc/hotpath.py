@@ -20,7 +20,7 @@ from starlette.responses import Response
 from tokensvc import metrics
 from tokensvc.errors import OAuthError, StoreUnavailable
 from tokensvc.metrics import ASGIApp, Receive, Scope, Send
-from tokensvc.responses import error_body, error_response, json_response
+from tokensvc.responses import crash_response, error_response, unavailable_response
 
 log = logging.getLogger("tokensvc")
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -51,12 +51,10 @@ class HotPaths:
             response = error_response(exc)
         except StoreUnavailable as exc:
             log.warning("storage unavailable: %s", exc)
-            response = json_response(
-                error_body("temporarily_unavailable", "Storage is unavailable; retry shortly."), 503,
-                {"Retry-After": self.retry_after}, no_store=True)
+            response = unavailable_response(self.retry_after)
         except Exception:
             log.exception("unhandled error on %s", path)
-            response = json_response(error_body("server_error", "Internal error."), 500, no_store=True)
+            response = crash_response()
         try:
             await response(scope, receive, send)
         finally:

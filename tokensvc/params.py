@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
@@ -32,21 +33,28 @@ def collect(pairs: Iterable[tuple[str, str]]) -> Params:
     return out
 
 
-def _json_pairs(body: bytes) -> list[tuple[str, str]]:
-    def no_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
-        seen: dict[str, object] = {}
-        for name, value in pairs:
-            if name in seen:
-                raise InvalidRequest(f"The parameter '{name}' was sent more than once.")
-            seen[name] = value
-        return seen
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in seen:
+            raise InvalidRequest(f"The parameter '{name}' was sent more than once.")
+        seen[name] = value
+    return seen
 
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A JSON object body, refusing a repeated member as a repeated form parameter is refused."""
     try:
-        doc = json.loads(body, object_pairs_hook=no_repeats)
+        doc = json.loads(body, object_pairs_hook=_no_repeats)
     except (ValueError, RecursionError):
         raise InvalidRequest("The body is not valid JSON.") from None
     if not isinstance(doc, dict):
         raise InvalidRequest("The JSON body must be an object.")
+    return doc
+
+
+def _json_pairs(body: bytes) -> list[tuple[str, str]]:
+    doc = json_object(body)
     pairs: list[tuple[str, str]] = []
     for name, value in doc.items():
         if value is None:

@@ -11,7 +11,6 @@ unknown party registers (redirect URIs a browser may really be sent to).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ from starlette.responses import Response
 from tokensvc.errors import InvalidRequest, OAuthError, Throttled, UnsupportedMediaType
 from tokensvc.models import Client
 from tokensvc.oauth import bearer
-from tokensvc.params import collect, parse_form, read_body
+from tokensvc.params import collect, json_object, parse_form, read_body
 from tokensvc.registry import _redirect_uri, _strings, _text
 from tokensvc.responses import json_response
 from tokensvc.services import Services
@@ -69,23 +68,9 @@ def _redirect_uris(doc: Mapping[str, Any], *, required: bool) -> tuple[str, ...]
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
-    """A JSON object whose members may hold lists, refusing a repeated member as params.py
-    refuses a repeated parameter (params.py's own JSON reader takes string values only)."""
-
-    def no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        doc: dict[str, Any] = {}
-        for name, value in pairs:
-            if name in doc:
-                raise InvalidRequest(f"The parameter '{name}' was sent more than once.")
-            doc[name] = value
-        return doc
-
-    try:
-        doc = json.loads(body, object_pairs_hook=no_repeats)
-    except (ValueError, RecursionError):
-        raise InvalidRequest("The body is not valid JSON.") from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest("The JSON body must be an object.")
+    """A JSON object whose members may hold lists (params.py's form-like reader takes string
+    values only), with no lone surrogates anywhere in it."""
+    doc = json_object(body)
     try:
         orjson.dumps(doc)  # `\ud800` escapes decode to lone surrogates, which nothing can store
     except orjson.JSONEncodeError:

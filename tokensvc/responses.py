@@ -26,3 +26,13 @@ def error_body(error: str, description: str) -> dict[str, str]:
 def error_response(exc: OAuthError) -> Response:
     return json_response(error_body(exc.error, exc.description), exc.status_code, exc.headers,
                          no_store=True)
+
+
+def unavailable_response(retry_after: int | str) -> Response:
+    """Storage is down or slow: 503 temporarily_unavailable, never a 500 or a hang."""
+    return json_response(error_body("temporarily_unavailable", "Storage is unavailable; retry shortly."),
+                         503, {"Retry-After": str(retry_after)}, no_store=True)
+
+
+def crash_response() -> Response:
+    return json_response(error_body("server_error", "Internal error."), 500, no_store=True)
