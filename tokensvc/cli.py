@@ -125,7 +125,8 @@ def _masked(url: str) -> str:
 
 def _base_url(cfg: Settings) -> str:
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-    return f"http://{host}:{cfg.port}"
+    scheme = "https" if cfg.ssl_certfile is not None else "http"
+    return f"{scheme}://{host}:{cfg.port}"
 
 
 def _command_name() -> str:
@@ -200,6 +201,7 @@ def serve(**flags: Any) -> None:
             # request_timeout is cut by HeaderDeadlineProtocol, a body by params.read_body (408).
             timeout_keep_alive=cfg.keep_alive_timeout,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            ssl_certfile=cfg.ssl_certfile, ssl_keyfile=cfg.ssl_keyfile,
         )
         # No limit_concurrency: uvicorn would answer excess requests with a plain-text 503, not
         # the contract's JSON error; the Redis pool size already bounds the work in flight.

@@ -131,6 +131,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
     redis_url: str | None = None
     redis_cluster: bool = False
     redis_timeout: float = 1.0
@@ -156,7 +158,9 @@ class Settings:
     password_time_cost: int = 2
     password_memory_cost: int = 19456
     password_parallelism: int = 1
-    secret_cache_size: int = 10000
+    secret_cache_size: int = 100_000
+    argon2_per_worker: bool = False
+    fleet_heartbeat: float = 5.0
     client_auth_failure_limit: int = 20
     client_auth_failure_window: int = 60
     max_body_size: int = 65536
@@ -172,7 +176,8 @@ class Settings:
     @property
     def issuer_url(self) -> str:
         """The RFC 8414 issuer: the setting, or where this process listens."""
-        return (self.issuer or f"http://{self.host}:{self.port}").rstrip("/")
+        scheme = "https" if self.ssl_certfile is not None else "http"
+        return (self.issuer or f"{scheme}://{self.host}:{self.port}").rstrip("/")
 
     def to_env(self) -> dict[str, str]:
         """The settings as `TOKENSVC_*` variables, so worker processes read the same values."""
@@ -197,10 +202,23 @@ def _float(raw: str) -> float:
     return float(raw.strip())
 
 
+def _path(raw: str) -> Path:
+    return Path(raw.strip())
+
+
+def _readable(path: Path | None) -> str | None:
+    if path is None or path.is_file() and os.access(path, os.R_OK):
+        return None
+    return f"{path} is not a readable file"
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("host", "Address to listen on.", _str),
     Option("port", "TCP port to listen on.", _int, lambda v: None if 0 < v < 65536 else "must be 1-65535"),
     Option("workers", "Worker processes.", _int, _at_least(1)),
+    Option("ssl_certfile", "Serve HTTPS with this PEM certificate (chain); needs ssl_keyfile.", _path,
+           _readable),
+    Option("ssl_keyfile", "The PEM private key of ssl_certfile.", _path, _readable),
     Option("redis_url", "Redis URL (redis://, rediss://, unix://); none starts a private redis-server.",
            _str, _redis_url),
     Option("redis_cluster", "Treat the Redis URL as any node of a Redis Cluster.", _bool),
@@ -213,7 +231,7 @@ OPTIONS: tuple[Option, ...] = (
            "it (at most half of redis_timeout) before answering, so a failover does not lose "
            "it; fewer in time is logged, not refused. 0 = do not wait.", _int,
            _between(0, 16)),
-    Option("data_dir", "Where the embedded Redis and generated keys live.", lambda s: Path(s.strip())),
+    Option("data_dir", "Where the embedded Redis and generated keys live.", _path),
     Option("admin_key", "Bearer key of the admin API; generated under the data dir when unset.", _str,
            lambda v: None if v is None or len(v) >= 16 else "must be at least 16 characters"),
     Option("secret_keys", "Comma-separated server keys that tag tokens (newest first); "
@@ -243,8 +261,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("password_time_cost", "argon2id iterations for passwords and secrets.", _int, _at_least(1)),
     Option("password_memory_cost", "argon2id memory in KiB.", _int, _at_least(8)),
     Option("password_parallelism", "argon2id lanes.", _int, _at_least(1)),
-    Option("secret_cache_size", "Clients whose verified secret is remembered per worker.", _int,
+    Option("secret_cache_size", "Client records (with their secret verifiers) a worker keeps in "
+           "memory, least recently used out first (about 1 KiB each; deploy/SIZING.md).", _int,
            _at_least(1)),
+    Option("argon2_per_worker", "Do not keep keyed verifiers of client secrets in Redis: every "
+           "worker runs argon2 once per secret it sees (the behaviour before verifiers).", _bool),
+    Option("fleet_heartbeat", "Seconds between a worker's entries in the deployment's registry "
+           "(which server key it signs with and which it accepts); a worker silent for three "
+           "beats is dropped from it.", _float,
+           lambda v: None if 0.1 <= v <= 60 else "must be between 0.1 and 60 seconds"),
     Option("client_auth_failure_limit", "Failed secret checks per client in a window before its "
            "uncached authentications are refused (429).", _int, _at_least(1)),
     Option("client_auth_failure_window", "Seconds in which failed secret checks are counted.", _int,
@@ -299,6 +324,8 @@ def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
         problem = _BY_NAME[name].check(value)
         if problem:
             raise SettingsError(name, problem)
+    if bool(values.get("ssl_certfile")) != bool(values.get("ssl_keyfile")):
+        raise SettingsError("ssl_keyfile", "ssl_certfile and ssl_keyfile go together")
     if values.get("redis_cluster") and not values.get("redis_url"):
         raise SettingsError("redis_cluster", "needs a redis_url naming a cluster node")
     return Settings(**values)
