@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import ADMIN, new_client, new_user
+from tests.conftest import ADMIN, AppFactory, new_client, new_user
 from tokensvc.clients import ClientDirectory
 
 BASIC = 'Basic realm="tokensvc"'
@@ -67,6 +67,24 @@ def directory(http: httpx.AsyncClient) -> ClientDirectory:
 
 @pytest.fixture
 async def clients(http: httpx.AsyncClient) -> Clients:
+    return await _clients(http)
+
+
+@pytest.fixture
+async def per_worker_http(app_factory: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
+    """A deployment that keeps no secret verifiers: each worker runs argon2 once per secret and
+    remembers the secret's digest (`argon2_per_worker`); tests/test_secret_verifiers.py covers
+    the default."""
+    async with app_factory(argon2_per_worker=True) as http:
+        yield http
+
+
+@pytest.fixture
+async def per_worker_clients(per_worker_http: httpx.AsyncClient) -> Clients:
+    return await _clients(per_worker_http)
+
+
+async def _clients(http: httpx.AsyncClient) -> Clients:
     await new_user(http)
     return {
         "conf": await new_client(http),
@@ -195,9 +213,11 @@ async def test_authentication_failures(http: httpx.AsyncClient, clients: Clients
     assert list(redis_db.scan_iter(match="tsv:*:t:*")) == []
 
 
-# -- the verified-secret cache --------------------------------------------------------------
+# -- the verified-secret cache of argon2_per_worker -------------------------------------
 
-async def test_verified_secret_is_not_hashed_again(http: httpx.AsyncClient, clients: Clients) -> None:
+async def test_verified_secret_is_not_hashed_again(
+        per_worker_http: httpx.AsyncClient, per_worker_clients: Clients) -> None:
+    http, clients = per_worker_http, per_worker_clients
     cache = directory(http)
     client = clients["conf"]
     assert (cache.argon2_runs, cache.cache_hits) == (0, 0)
@@ -213,7 +233,8 @@ async def test_verified_secret_is_not_hashed_again(http: httpx.AsyncClient, clie
 
 
 async def test_concurrent_first_requests_hash_the_secret_once(
-        http: httpx.AsyncClient, clients: Clients) -> None:
+        per_worker_http: httpx.AsyncClient, per_worker_clients: Clients) -> None:
+    http, clients = per_worker_http, per_worker_clients
     cache = directory(http)
     data = {**CC, "client_id": _id(clients), "client_secret": _secret(clients)}
     first = await asyncio.gather(*(http.post("/oauth/token", data=data) for _ in range(20)))
@@ -229,7 +250,9 @@ async def test_concurrent_first_requests_hash_the_secret_once(
     assert cache.cache_hits == hits + 5
 
 
-async def test_concurrent_wrong_secrets_are_all_refused(http: httpx.AsyncClient, clients: Clients) -> None:
+async def test_concurrent_wrong_secrets_are_all_refused(
+        per_worker_http: httpx.AsyncClient, per_worker_clients: Clients) -> None:
+    http, clients = per_worker_http, per_worker_clients
     cache = directory(http)
     wrong = {**CC, "client_id": _id(clients), "client_secret": "tsv_cs_wrong"}
     right = {**CC, "client_id": _id(clients), "client_secret": _secret(clients)}
@@ -248,7 +271,9 @@ async def test_concurrent_wrong_secrets_are_all_refused(http: httpx.AsyncClient,
     assert 2 <= cache.argon2_runs <= 11
 
 
-async def test_a_wrong_secret_is_never_cached(http: httpx.AsyncClient, clients: Clients) -> None:
+async def test_a_wrong_secret_is_never_cached(
+        per_worker_http: httpx.AsyncClient, per_worker_clients: Clients) -> None:
+    http, clients = per_worker_http, per_worker_clients
     cache = directory(http)
     right = {**CC, "client_id": _id(clients), "client_secret": _secret(clients)}
     wrong = {**CC, "client_id": _id(clients), "client_secret": "tsv_cs_wrong"}
@@ -271,7 +296,9 @@ async def test_a_wrong_secret_is_never_cached(http: httpx.AsyncClient, clients: 
         assert (cache.argon2_runs, cache.cache_hits) == (runs, hits)
 
 
-async def test_cache_is_per_client(http: httpx.AsyncClient, clients: Clients) -> None:
+async def test_cache_is_per_client(
+        per_worker_http: httpx.AsyncClient, per_worker_clients: Clients) -> None:
+    http, clients = per_worker_http, per_worker_clients
     cache = directory(http)
     for name in ("conf", "other", "conf", "other"):
         resp = await http.post("/oauth/token",

@@ -52,7 +52,9 @@ def authfail_keys(r: redis.Redis) -> list[Any]:
 
 async def test_wrong_secrets_then_429_on_every_instance(app_factory: AppFactory,
                                                        redis_db: redis.Redis) -> None:
-    async with app_factory(client_auth_failure_limit=LIMIT) as a:
+    # Per worker: a right secret this worker never verified is an uncached check, refused too.
+    # (With verifiers it matches the record's verifier: tests/test_secret_verifiers.py.)
+    async with app_factory(client_auth_failure_limit=LIMIT, argon2_per_worker=True) as a:
         client = await new_client(a)
         cid, secret = client["client_id"], client["client_secret"]
         before = await scrape(a)
@@ -69,7 +71,7 @@ async def test_wrong_secrets_then_429_on_every_instance(app_factory: AppFactory,
         assert delta(before, after, "tokensvc_client_auth_failures_total") == LIMIT + 3
 
         # A fresh instance sharing Redis: nothing cached, nothing known locally; the counter rules.
-        async with app_factory(client_auth_failure_limit=LIMIT) as b:
+        async with app_factory(client_auth_failure_limit=LIMIT, argon2_per_worker=True) as b:
             assert_throttled(await attempt(b, cid, "wrong"))
             assert_throttled(await attempt(b, cid, secret))
             assert directory(b).argon2_runs == 0
@@ -78,7 +80,7 @@ async def test_wrong_secrets_then_429_on_every_instance(app_factory: AppFactory,
 
 
 async def test_basic_credentials_are_throttled_too(app_factory: AppFactory) -> None:
-    async with app_factory(client_auth_failure_limit=LIMIT) as http:
+    async with app_factory(client_auth_failure_limit=LIMIT, argon2_per_worker=True) as http:
         client = await new_client(http)
         cid = client["client_id"]
         for _ in range(LIMIT):
@@ -90,7 +92,8 @@ async def test_basic_credentials_are_throttled_too(app_factory: AppFactory) -> N
 
 
 async def test_counter_expires_after_the_window(app_factory: AppFactory, redis_db: redis.Redis) -> None:
-    async with app_factory(client_auth_failure_limit=2, client_auth_failure_window=1) as http:
+    async with app_factory(client_auth_failure_limit=2, client_auth_failure_window=1,
+                           argon2_per_worker=True) as http:
         client = await new_client(http)
         cid = client["client_id"]
         for _ in range(2):

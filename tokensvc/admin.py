@@ -23,7 +23,8 @@ audit = logging.getLogger("tokensvc.audit")
 class AdminEndpoints:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
-        self.registry = Registry(svc.store, svc.hasher)
+        self.registry = Registry(svc.store, svc.hasher, None if svc.settings.argon2_per_worker
+                                 else svc.codec.keyring.secret_verifier)
         assert svc.settings.admin_key, "the admin API is never unprotected"
         self._key = svc.settings.admin_key.encode("utf-8")
 

@@ -23,6 +23,7 @@ from tokensvc.authorize import AuthorizeEndpoints
 from tokensvc.console import Console
 from tokensvc.discovery import DiscoveryEndpoints
 from tokensvc.errors import OAuthError, StoreUnavailable
+from tokensvc.fleet import KeyMismatch
 from tokensvc.hotpath import Endpoint, HotPaths
 from tokensvc.metrics import Receive, Scope, Send
 from tokensvc.oauth import OAuthEndpoints
@@ -109,6 +110,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await svc.store.load_scripts()
         except StoreUnavailable:
             log.warning("Redis is not reachable yet; serving 503 until it is")
+        try:
+            await svc.fleet.join()  # before any token is signed: which key signs
+        except StoreUnavailable:
+            pass  # fleet.run() joins once Redis answers
+        except KeyMismatch as exc:
+            log.critical("%s", exc)
+            await svc.store.close()
+            raise
         await svc.hasher.prepare()
         # Everything built at start-up lives as long as the worker: moving it out of the
         # collector's sight makes each full collection (a pause in every request in flight)
@@ -118,7 +127,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         assert settings.redis_url is not None
         listener = asyncio.create_task(svc.clients.listen(settings.redis_url,
                                                           settings.redis_timeout))
-        tasks = [listener, asyncio.create_task(svc.usage.run())]
+        tasks = [listener, asyncio.create_task(svc.usage.run()), asyncio.create_task(svc.fleet.run())]
         if settings.metrics:
             tasks.append(asyncio.create_task(metrics_mod.flush_forever()))
         try:
@@ -129,6 +138,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             metrics_mod.worker_exit()
+            await svc.fleet.leave()
             await svc.store.close()
 
     async def on_oauth_error(request: Request, exc: Exception) -> Response:

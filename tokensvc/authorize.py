@@ -112,7 +112,7 @@ class AuthorizeEndpoints:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
         self.settings = svc.settings
-        self.pages = Pages(svc.settings)
+        self.pages = Pages(svc.settings, svc.codec.keyring)
         self.csrf_for = self.pages.csrf_for
         self.csrf_ok = self.pages.csrf_ok
         self.set_cookie = self.pages.set_cookie

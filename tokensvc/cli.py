@@ -35,11 +35,12 @@ from tokensvc import __version__, settings as settings_mod
 from tokensvc.errors import OAuthError, StoreUnavailable
 from tokensvc.hashing import Hasher
 from tokensvc.httpprotocol import HeaderDeadlineProtocol
+from tokensvc.keyring import Keyring
 from tokensvc.models import GRANT_TYPES
 from tokensvc.registry import Registry, client_view, user_view
 from tokensvc.settings import ENV_PREFIX, OPTIONS, Option, Settings, SettingsError
 from tokensvc.store.embedded import EmbeddedRedis, EmbeddedRedisError, running_url
-from tokensvc.store.redis import RedisStore, connect
+from tokensvc.store.redis import RedisStore, connect, connect_cluster
 
 T = TypeVar("T")
 FC = TypeVar("FC", bound=Callable[..., Any])
@@ -187,6 +188,7 @@ def serve(**flags: Any) -> None:
             cfg = settings_mod.with_generated_keys(cfg)
         except OSError as exc:
             raise CliError(f"cannot keep the generated keys under {cfg.data_dir}: {exc}") from None
+        _check_keys(cfg)
         _banner(cfg, embedded, admin_key_given)
         # create_app() in each worker reads its settings from the environment.
         os.environ.update(cfg.to_env())
@@ -211,6 +213,34 @@ def serve(**flags: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if embedded is not None:
             embedded.stop()
+
+
+def _check_keys(cfg: Settings) -> None:
+    """Refuse to start, before any worker exists, when this instance's server keys would split
+    the fleet (fleet.py); each worker checks again as it starts. An unreachable Redis is no
+    reason to refuse: the workers answer 503 until it is back, and check then."""
+    from tokensvc.fleet import Fleet, KeyMismatch
+
+    assert cfg.redis_url is not None
+    url = cfg.redis_url
+
+    async def check() -> None:
+        store = RedisStore(connect_cluster(url, timeout=cfg.redis_timeout, pool_size=2)
+                           if cfg.redis_cluster else
+                           connect(url, timeout=cfg.redis_timeout, pool_size=2))
+        try:
+            fleet = Fleet(store, Keyring(cfg.secret_keys), cfg.fleet_heartbeat)
+            members, _, recorded = await fleet.members()
+            fleet.check(members, recorded)
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(check())
+    except KeyMismatch as exc:
+        raise CliError(str(exc)) from None
+    except Exception as exc:  # Redis not reachable yet
+        click.echo(f"warning: server keys not checked against the deployment yet ({exc})", err=True)
 
 
 def _metrics_files(cfg: Settings) -> None:
@@ -290,6 +320,19 @@ def _admin_settings(flags: Mapping[str, Any]) -> Settings:
     return cfg
 
 
+def _cli_verifier(cfg: Settings) -> Callable[[str, str], str] | None:
+    """Secret verifiers under the deployment's keys when this command knows them (set, or the
+    embedded default's key file). None otherwise, never a freshly generated key: the first
+    worker that verifies the secret then writes the verifier."""
+    if cfg.argon2_per_worker:
+        return None
+    keys = cfg.secret_keys
+    key_file = cfg.data_dir / "secret.key"
+    if not keys and key_file.is_file():
+        keys = (key_file.read_text().strip(),)
+    return Keyring(keys).secret_verifier if keys else None
+
+
 def _run_admin(flags: Mapping[str, Any], action: Callable[[Registry], Awaitable[T]]) -> T:
     """Run one registry action against the service's Redis; its refusals exit 1 with their text."""
     cfg = _admin_settings(flags)
@@ -301,7 +344,7 @@ def _run_admin(flags: Mapping[str, Any], action: Callable[[Registry], Awaitable[
                            ack_timeout=cfg.redis_timeout)
         hasher = Hasher(cfg.password_time_cost, cfg.password_memory_cost, cfg.password_parallelism)
         try:
-            return await action(Registry(store, hasher))
+            return await action(Registry(store, hasher, _cli_verifier(cfg)))
         finally:
             await store.close()
 

@@ -74,7 +74,7 @@ class Console:
     def __init__(self, svc: Services, registry: Registry) -> None:
         self.svc = svc
         self.registry = registry
-        self.pages = Pages(svc.settings)
+        self.pages = Pages(svc.settings, svc.codec.keyring)
         assert svc.settings.admin_key
         self._key = svc.settings.admin_key.encode("utf-8")
 

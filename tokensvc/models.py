@@ -26,6 +26,9 @@ class Client:
     reuse_tokens: bool | None = None
     max_user_login_attempts: int | None = None
     require_verified_users: bool = False
+    # `<key id>:<HMAC>` of the secret under a server subkey (keyring.py): lets any worker of the
+    # deployment accept the secret without argon2. Written with the hash, removed with it.
+    secret_verifier: str | None = None
 
     @property
     def is_public(self) -> bool:

@@ -6,8 +6,6 @@ headers: no framing, no inline script or style, nothing cached, no referrer.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.responses import HTMLResponse, Response
 
+from tokensvc.keyring import Keyring
 from tokensvc.settings import Settings
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -24,21 +23,21 @@ STATIC = Path(__file__).parent / "static"
 class Pages:
     """Renders templates with the service's headers; one per worker, built at start-up."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, keyring: Keyring) -> None:
         self.env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(),
                                auto_reload=False)
         self.env.filters["datetime"] = _datetime
         self.secure_cookies = settings.issuer_url.startswith("https://")
-        self._csrf_key = hashlib.sha256(b"tokensvc csrf\x00" + settings.secret_keys[0].encode()).digest()
+        self._keyring = keyring
 
     def csrf_for(self, cookie: str) -> str:
         """A form token bound to the visitor's cookie; a cross-site form cannot know it."""
-        return hmac.new(self._csrf_key, cookie.encode(), hashlib.sha256).hexdigest()[:43]
+        return self._keyring.csrf_for(cookie)
 
     def csrf_ok(self, cookie: str | None, presented: str | None) -> bool:
         if not cookie or not presented:
             return False
-        return hmac.compare_digest(self.csrf_for(cookie), presented)
+        return self._keyring.csrf_ok(cookie, presented)
 
     def render(self, template: str, status: int = 200, *, form_target: str | None = None,
                scripts: bool = False, **context: Any) -> HTMLResponse:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -140,7 +140,7 @@ def client_view(client: Client, secret: str | None = None) -> dict[str, Any]:
     if secret is not None:
         view["client_secret"] = secret
     view.update({k: v for k, v in dataclasses.asdict(client).items()
-                 if k not in ("client_id", "secret_hash")})
+                 if k not in ("client_id", "secret_hash", "secret_verifier")})
     for name in ("grant_types", "scopes", "redirect_uris"):
         view[name] = list(view[name])
     return view
@@ -149,9 +149,18 @@ def client_view(client: Client, secret: str | None = None) -> dict[str, Any]:
 class Registry:
     """Creates, edits and revokes clients and users."""
 
-    def __init__(self, store: RedisStore, hasher: Hasher) -> None:
+    def __init__(self, store: RedisStore, hasher: Hasher,
+                 verifier: Callable[[str, str], str] | None = None) -> None:
         self.store = store
         self.hasher = hasher
+        # Keyring.secret_verifier, unless the deployment keeps argon2 per worker: a new secret
+        # is known here, so its verifier is written with its hash and no worker ever runs
+        # argon2 for it.
+        self.verifier = verifier
+
+    async def _secret_fields(self, client_id: str, secret: str) -> dict[str, Any]:
+        return {"secret_hash": await self.hasher.hash(secret),
+                "secret_verifier": None if self.verifier is None else self.verifier(client_id, secret)}
 
     async def create_client(self, doc: Mapping[str, Any]) -> tuple[Client, str | None]:
         """A new client and its secret (None for public clients), which is never shown again."""
@@ -162,10 +171,11 @@ class Registry:
         default_grants = ("password", "refresh_token") if public else (
             "client_credentials", "password", "refresh_token")
         secret = None if public else new_secret()
+        client_id = new_client_id()
         client = _check_client(Client(
-            client_id=new_client_id(),
+            client_id=client_id,
             name=_text(doc, "name", required=True) or "",
-            secret_hash=None if secret is None else await self.hasher.hash(secret),
+            secret_hash=None,
             token_endpoint_auth_method=method,
             grant_types=_strings(doc, "grant_types") or default_grants,
             scopes=_strings(doc, "scopes") or (),
@@ -174,6 +184,8 @@ class Registry:
             created_at=int(time.time()),
             **_config(doc),
         ))
+        if secret is not None:
+            client = dataclasses.replace(client, **await self._secret_fields(client_id, secret))
         if not await self.store.put_client(client, new=True):
             raise Conflict("A client with that id already exists.")
         return client, secret
@@ -207,7 +219,7 @@ class Registry:
         if current.is_public:
             raise InvalidRequest("A public client has no secret.")
         secret = new_secret()
-        client = dataclasses.replace(current, secret_hash=await self.hasher.hash(secret))
+        client = dataclasses.replace(current, **await self._secret_fields(client_id, secret))
         if not await self.store.put_client(client, new=False):
             raise NotFound("No such client.")
         return client, secret

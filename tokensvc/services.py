@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tokensvc.clients import ClientDirectory
+from tokensvc.fleet import Fleet
 from tokensvc.hashing import Hasher
 from tokensvc.issuance import TokenIssuer
+from tokensvc.keyring import Keyring
 from tokensvc.settings import Settings
 from tokensvc.store.fastredis import FastRedis
 from tokensvc.store.redis import RedisStore, connect, connect_cluster
@@ -23,6 +25,7 @@ class Services:
     clients: ClientDirectory
     issuer: TokenIssuer
     usage: Usage
+    fleet: Fleet
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -43,12 +46,15 @@ class Services:
                                ack_timeout=settings.redis_timeout,
                                fast=FastRedis(settings.redis_url, settings.redis_timeout),
                                wait_replicas=settings.redis_wait_replicas, url=settings.redis_url)
-        codec = TokenCodec(settings.secret_keys)
+        keyring = Keyring(settings.secret_keys)
+        codec = TokenCodec(keyring)
         hasher = Hasher(settings.password_time_cost, settings.password_memory_cost,
                         settings.password_parallelism)
         usage = Usage(store)
         clients = ClientDirectory(store, hasher, settings.secret_cache_size, usage,
                                   failure_limit=settings.client_auth_failure_limit,
-                                  failure_window=settings.client_auth_failure_window)
+                                  failure_window=settings.client_auth_failure_window,
+                                  keyring=None if settings.argon2_per_worker else keyring)
         issuer = TokenIssuer(store, codec, clients, settings)
-        return cls(settings, store, codec, hasher, clients, issuer, usage)
+        fleet = Fleet(store, keyring, settings.fleet_heartbeat)
+        return cls(settings, store, codec, hasher, clients, issuer, usage, fleet)

@@ -10,8 +10,8 @@ followed by base64url of 47 bytes:
   key of the grant, so rotation, reuse detection and revocation cascades stay one Lua script,
   on one Redis or on a Redis Cluster.
 - The tag is a truncated HMAC-SHA256 under the server key: a forged or mistyped token is
-  refused without a Redis round trip. Keys are a list so they can be rotated (the first
-  signs, all verify).
+  refused without a Redis round trip. Keys are a list so they can be rotated (every listed key
+  verifies; the one the fleet agreed on signs, keyring.py).
 - Redis stores only SHA-256 of the token. With 256 random bits a plain digest is already
   irreversible, and it does not change when server keys rotate.
 
@@ -29,6 +29,8 @@ import hmac
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from tokensvc.keyring import Keyring
 
 ACCESS = "at"
 REFRESH = "rt"
@@ -83,17 +85,17 @@ class Parsed:
 
 
 class TokenCodec:
-    """Mints and checks tokens under the server keys (the first key signs)."""
+    """Mints and checks tokens under the server keys (the keyring's signing key signs)."""
 
-    def __init__(self, keys: Sequence[str]) -> None:
-        if not keys:
-            raise ValueError("at least one server key is required")
-        self._macs = [hmac.new(k.encode("utf-8"), digestmod=hashlib.sha256) for k in keys]
-        self.key_id = hashlib.sha256(keys[0].encode("utf-8")).hexdigest()[:8]
-        self._by_id = {
-            hashlib.sha256(k.encode("utf-8")).hexdigest()[:8]: mac
-            for k, mac in zip(keys, self._macs, strict=True)
-        }
+    def __init__(self, keys: Sequence[str] | Keyring) -> None:
+        self.keyring = keys if isinstance(keys, Keyring) else Keyring(keys)
+        self._macs = [hmac.new(k.encode("utf-8"), digestmod=hashlib.sha256) for k in self.keyring.keys]
+        self._by_id = dict(zip(self.keyring.ids, self._macs, strict=True))
+
+    @property
+    def key_id(self) -> str:
+        """The signing key's id, stored with the seeds of derived (reusable) tokens."""
+        return self.keyring.signing_id
 
     def _tag(self, mac: hmac.HMAC, prefix: str, head: bytes) -> bytes:
         m = mac.copy()
@@ -104,7 +106,7 @@ class TokenCodec:
     def _assemble(self, kind: str, grant_id: str, body: bytes) -> Minted:
         prefix = PREFIXES[kind]
         head = base64.urlsafe_b64decode(grant_id + "=" * (-len(grant_id) % 4)) + body
-        token = prefix + _b64(head + self._tag(self._macs[0], prefix, head))
+        token = prefix + _b64(head + self._tag(self._macs[self.keyring.signing], prefix, head))
         return Minted(token, digest(token), grant_id)
 
     def mint(self, kind: str, grant_id: str) -> Minted:
@@ -113,7 +115,7 @@ class TokenCodec:
 
     def derive(self, kind: str, grant_id: str, seed: str, key_id: str | None = None) -> Minted | None:
         """The token whose body is HMAC(key, kind|seed); None when that key is gone."""
-        mac = self._macs[0] if key_id is None else self._by_id.get(key_id)
+        mac = self._macs[self.keyring.signing] if key_id is None else self._by_id.get(key_id)
         if mac is None:
             return None
         m = mac.copy()

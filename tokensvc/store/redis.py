@@ -14,7 +14,7 @@ import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -176,9 +176,10 @@ class RedisStore:
         self._end_grant = redis.register_script(_script("end_grant"))
         self._auth_attempt = redis.register_script(_script("client_auth_attempt"))
         self._auth_refund = redis.register_script(_script("client_auth_refund"))
+        self._client_swap = redis.register_script(_script("client_swap"))
         self._scripts = (self._issue, self._reuse, self._rotate, self._revoke, self._login_attempt,
                          self._login_result, self._redeem, self._link_grant, self._end_grant,
-                         self._auth_attempt, self._auth_refund)
+                         self._auth_attempt, self._auth_refund, self._client_swap)
 
     @map_redis_errors
     async def load_scripts(self) -> None:
@@ -362,8 +363,33 @@ class RedisStore:
 
     @map_redis_errors
     async def get_client(self, client_id: str) -> Client | None:
-        raw = await self.redis.get(keys.client(client_id))
+        raw = await self._client_record(client_id)
         return None if raw is None else _client_from(raw)
+
+    async def _client_record(self, client_id: str) -> bytes | None:
+        """The stored client as it is (a cold worker's first request of each client reads it,
+        so it goes through the auto-pipelining client where there is one)."""
+        if self.fast is not None:
+            raw: bytes | None = await self.fast.execute("GET", keys.client(client_id))
+            return raw
+        got = await self.redis.get(keys.client(client_id))
+        return got.encode() if isinstance(got, str) else got
+
+    @map_redis_errors
+    async def add_secret_verifier(self, client: Client, verifier: str) -> Client | None:
+        """Write `verifier` into the client's record if the record still holds the hash it was
+        checked against (client_swap.lua); the record written, or None when the client changed
+        meanwhile (then the next check simply runs argon2 again)."""
+        raw = await self._client_record(client.client_id)
+        if raw is None:
+            return None
+        current = _client_from(raw)
+        if current.secret_hash != client.secret_hash:
+            return None
+        updated = replace(current, secret_verifier=verifier)
+        swapped = await self._client_swap(keys=[keys.client(client.client_id)],
+                                          args=[raw, orjson.dumps(asdict(updated))])
+        return updated if swapped else None
 
     @map_redis_errors
     async def put_client(self, client: Client, *, new: bool, previous: Client | None = None) -> bool:
