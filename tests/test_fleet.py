@@ -99,7 +99,7 @@ async def test_workers_leave_the_registry_when_they_stop(app_factory: AppFactory
                                                           redis_db: redis.Redis) -> None:
     async with app_factory(fleet_heartbeat=0.05), app_factory(fleet_heartbeat=0.05):
         assert redis_db.hlen(WORKERS) == 2
-        entries = [bytes(v).decode().split(" ") for v in redis_db.hvals(WORKERS)]
+        entries = [str(v, "utf-8").split(" ") for v in redis_db.hvals(WORKERS)]  # type: ignore[arg-type]
         assert all(sig == fingerprint(SECRET_KEY) and acc == fingerprint(SECRET_KEY)
                    for _, sig, acc in entries)
     assert redis_db.hlen(WORKERS) == 0

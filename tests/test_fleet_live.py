@@ -142,7 +142,7 @@ def test_an_instance_with_other_keys_refuses_to_start(fleet: Fleet, tmp_path: Pa
 
 
 def signing_fingerprints(redis_db: redis.Redis) -> set[str]:
-    return {bytes(value).decode().split(" ")[1] for value in redis_db.hvals(WORKERS)}
+    return {str(value, "utf-8").split(" ")[1] for value in redis_db.hvals(WORKERS)}  # type: ignore[arg-type]
 
 
 def wait_signing(redis_db: redis.Redis, key: str, limit: float = 10.0) -> None:
