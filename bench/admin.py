@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from bench.http import FORM, host_port
+from bench.http import FORM, host_port, is_https
 
 
 class SetupError(RuntimeError):
@@ -43,12 +44,21 @@ class Answer:
 
 
 class Http:
-    def __init__(self, url: str, admin_key: str | None = None, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, admin_key: str | None = None, timeout: float = 60.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.url = url.rstrip("/")
         self.host, self.port = host_port(self.url)
         self.admin_key = admin_key
         self.timeout = timeout
+        self.tls = tls
+        if is_https(self.url) and tls is None:
+            raise ValueError(f"{self.url} needs a TLS context")
         self._conn: http.client.HTTPConnection | None = None
+
+    def _open(self) -> http.client.HTTPConnection:
+        if self.tls is not None:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self.tls)
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -59,7 +69,7 @@ class Http:
                 headers: Mapping[str, str] | None = None) -> Answer:
         for attempt in (1, 2):
             if self._conn is None:
-                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                self._conn = self._open()
             try:
                 self._conn.request(method, path, body=body, headers=dict(headers or {}))
                 resp = self._conn.getresponse()
@@ -121,8 +131,15 @@ def metric_values(exposition: str) -> dict[str, float]:
     return out
 
 
+# Counters of the secret-verification path besides the three named ones (a verifier store, a
+# client cache), kept in the result as they are exposed, so a run records them as soon as the
+# service has them.
+_RELATED = ("verifier", "client_cache", "secret_cache")
+
+
 def secret_counters(client: Http) -> dict[str, float] | None:
-    """tokensvc's verified-secret cache hits and argon2 runs (None when /metrics is not served)."""
+    """tokensvc's verified-secret cache hits and argon2 runs (None when /metrics is not served),
+    and any other `*_total` counter of the secret-verification path, by its exposed name."""
     try:
         answer = client.request("GET", "/metrics")
     except OSError:
@@ -130,8 +147,14 @@ def secret_counters(client: Http) -> dict[str, float] | None:
     if answer.status != 200:
         return None
     values = metric_values(answer.text)
-    return {
+    out = {
         "secret_cache_hits": values.get("tokensvc_secret_cache_hits_total", 0.0),
         "argon2_client_secret": values.get('tokensvc_argon2_verifications_total{kind="client_secret"}', 0.0),
         "argon2_password": values.get('tokensvc_argon2_verifications_total{kind="password"}', 0.0),
     }
+    for name, value in values.items():
+        base = name.split("{", 1)[0]
+        if (base.startswith("tokensvc_") and base.endswith("_total") and any(w in base for w in _RELATED)
+                and base != "tokensvc_secret_cache_hits_total"):
+            out[name] = value
+    return out

@@ -107,9 +107,20 @@ def parse_response(buf: bytes | bytearray) -> Reply | None:
 
 def host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"only http:// URLs are supported, got {url!r}")
-    return parts.hostname, parts.port or 80
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"only http:// and https:// URLs are supported, got {url!r}")
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def is_https(url: str) -> bool:
+    return urlsplit(url).scheme == "https"
+
+
+def with_connection_close(request: bytes) -> bytes:
+    """The request with `Connection: close` after its request line: the server answers and
+    closes, so the next request needs a new connection (and, over TLS, a new handshake)."""
+    line_end = request.index(b"\r\n")
+    return request[:line_end + 2] + b"Connection: close\r\n" + request[line_end + 2:]
 
 
 def build_request(method: str, path: str, host: str, *, headers: Mapping[str, str] | None = None,

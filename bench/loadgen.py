@@ -1,4 +1,4 @@
-"""The load generator: asyncio (uvloop) protocols over keep-alive HTTP/1.1 connections.
+"""The load generator: asyncio (uvloop) protocols over HTTP/1.1 connections (plain or TLS).
 
 Requests are prebuilt bytes handed out by a `Source`; responses are framed by
 `bench.http.parse_response`; latencies are integers of microseconds kept per second of the
@@ -11,6 +11,11 @@ run. Two modes:
   is counted from the time it was *due*, so queueing in front of a slow service shows in
   the percentiles instead of being hidden (coordinated omission). The schedule accounting
   says how late the generator itself was (its timer and event loop) apart from that backlog.
+
+Connections are keep-alive by default; `new_connection` opens one per request (closed loop),
+which over TLS is one full handshake per request. Several backends can be loaded through a
+client-side round-robin (`Load.add_backend`), and `trace` keeps each request's timing for
+analyses finer than the per-second series (100 ms buckets, per-backend windows).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+import ssl
 import time
 from array import array
 from collections import Counter, deque
@@ -28,7 +34,7 @@ from typing import Any, Protocol, TextIO, cast
 
 import orjson
 
-from bench.http import ProtocolError, Reply, build_request, parse_response
+from bench.http import ProtocolError, Reply, build_request, parse_response, with_connection_close
 from bench.stats import Histogram, latency_summary, percentile
 
 NS = 1_000_000_000
@@ -117,6 +123,22 @@ class ChainSource:
         if value is None:
             self.broken += 1
         self.current[conn] = value
+
+
+class ConnectionCloseSource:
+    """Another source's requests with `Connection: close`, for a new connection per request."""
+
+    def __init__(self, inner: Source) -> None:
+        self.inner = inner
+
+    def next(self, conn: int) -> Request | None:
+        item = self.inner.next(conn)
+        if item is None:
+            return None
+        return with_connection_close(item[0]), item[1]
+
+    def reply(self, conn: int, label: str, reply: Reply) -> None:
+        self.inner.reply(conn, label, reply)
 
 
 def json_field(name: str) -> Callable[[Reply], str | None]:
@@ -264,6 +286,33 @@ class Recorder:
         self.current = []
 
 
+class Trace:
+    """Every request of a run, in the order its answer (or its failure) arrived: when it
+    started (µs after the load's start), how long it took (µs), which backend answered, and
+    its HTTP status (0: the connection failed). About 20 bytes a request."""
+
+    def __init__(self, t0_ns: int, backends: Sequence[str]) -> None:
+        self.t0_ns = t0_ns
+        self.backends = list(backends)
+        self.start_us: array[int] = array("q")
+        self.latency_us: array[int] = array("q")
+        self.backend: array[int] = array("b")
+        self.status: array[int] = array("h")
+
+    def add(self, started_ns: int, latency_ns: int, backend: int, status: int) -> None:
+        """`started_ns` is already relative to the load's start."""
+        self.start_us.append(started_ns // 1000)
+        self.latency_us.append(latency_ns // 1000)
+        self.backend.append(backend)
+        self.status.append(status)
+
+    def __len__(self) -> int:
+        return len(self.start_us)
+
+    def done_us(self, i: int) -> int:
+        return self.start_us[i] + self.latency_us[i]
+
+
 @dataclass
 class LoadResult:
     requests: int
@@ -280,6 +329,8 @@ class LoadResult:
     exhausted: bool
     stopped_early_at: float | None
     after_window: int = 0
+    connections_opened: int = 0
+    trace: Trace | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -288,7 +339,7 @@ class LoadResult:
             "oauth_errors": self.oauth_errors, "transport_errors": self.transport_errors,
             "labels": self.labels, "series": self.series, "schedule": self.schedule,
             "exhausted": self.exhausted, "stopped_early_at": self.stopped_early_at,
-            "after_window": self.after_window,
+            "after_window": self.after_window, "connections_opened": self.connections_opened,
         }
 
 
@@ -302,11 +353,12 @@ class _Driver(Protocol):
 
 
 class _Conn(asyncio.Protocol):
-    """One keep-alive connection; frames responses and hands them to its driver."""
+    """One connection; frames responses and hands them to its driver."""
 
-    def __init__(self, driver: _Driver, index: int) -> None:
+    def __init__(self, driver: _Driver, index: int, backend: int = 0) -> None:
         self.driver = driver
         self.index = index
+        self.backend = backend
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.started = 0
@@ -342,9 +394,11 @@ class _Conn(asyncio.Protocol):
         self.transport.write(data)
 
 
-async def _connect(driver: _Driver, host: str, port: int, index: int) -> _Conn:
+async def _connect(driver: _Driver, host: str, port: int, index: int, backend: int = 0,
+                   tls: ssl.SSLContext | None = None) -> _Conn:
     loop = asyncio.get_running_loop()
-    _, proto = await loop.create_connection(lambda: _Conn(driver, index), host, port)
+    _, proto = await loop.create_connection(lambda: _Conn(driver, index, backend), host, port, ssl=tls,
+                                            server_hostname=host if tls is not None else None)
     return proto
 
 
@@ -359,29 +413,63 @@ class LoadConfig:
     drain: float = 2.0
     progress: TextIO | None = None
     name: str = "load"
+    # TLS: the client context (None: plain HTTP).
+    tls: ssl.SSLContext | None = None
+    # Closed loop only: each request on a connection of its own (its connect, and over TLS its
+    # handshake, counted in its latency); the requests must carry `Connection: close`.
+    new_connection: bool = False
+    # Keep every request's timing (Trace) for analyses finer than the per-second series.
+    trace: bool = False
 
 
-class _Load:
+@dataclass
+class _Backend:
+    """One server behind the client-side round-robin front: its connections' free list and the
+    due requests waiting for one of them (open loop)."""
+
+    host: str
+    port: int
+    name: str
+    free: list[_Conn] = field(default_factory=list)
+    backlog: deque[int] = field(default_factory=deque)
+
+
+class Load:
+    """One load phase over one or more backends.
+
+    With several backends (`add_backend`, possibly while the load runs), the generator itself
+    is the front: in open loop each due request goes to the next backend in round-robin order,
+    onto a free connection of that backend's pool or into that backend's own backlog, as a
+    proxy with keep-alive upstream pools would do; in closed loop each connection keeps to its
+    backend. A Python proxy in between would be the bottleneck of the measurement."""
+
     def __init__(self, cfg: LoadConfig, source: Source) -> None:
+        if cfg.new_connection and cfg.rate is not None:
+            raise ValueError("a new connection per request is a closed-loop mode (no --rate)")
         self.cfg = cfg
         self.source = source
         self.loop = asyncio.get_running_loop()
         self.conns: list[_Conn] = []
+        self.backends: list[_Backend] = [_Backend(cfg.host, cfg.port, "A")]
+        self.active: list[int] = [0]
+        self.rr = 0
         self.running = False
-        self.free: list[_Conn] = []
-        self.backlog: deque[int] = deque()
         self.exhausted = False
         self.idle = asyncio.Event()
         self.done_early = asyncio.Event()
+        self.started = asyncio.Event()
         self.stopped_at: int | None = None
         self.t0 = 0
         self.rec = Recorder(0, 0)
+        self.trace: Trace | None = None
         # open-loop accounting (requests due inside the window)
         self.due = 0
         self.waited = 0
+        self.backlogged = 0
         self.max_backlog = 0
         self.lag: list[int] = []
         self.reconnects = 0
+        self.opened = 0
 
     # -- sending -------------------------------------------------------------------------
 
@@ -404,6 +492,8 @@ class _Load:
         now = time.perf_counter_ns()
         conn.busy = False
         self.rec.record(conn.started, now, reply.status, conn.label, reply.body)
+        if self.trace is not None:
+            self.trace.add(conn.started - self.t0, now - conn.started, conn.backend, reply.status)
         self.source.reply(conn.index, conn.label, reply)
         if not reply.keep_alive:
             if conn.transport is not None:
@@ -420,10 +510,13 @@ class _Load:
         if self.cfg.rate is None:
             if not self.send(conn, now):
                 self._check_done()
-        elif self.backlog:
-            self.send(conn, self.backlog.popleft())
+            return
+        backend = self.backends[conn.backend]
+        if backend.backlog:
+            self.backlogged -= 1
+            self.send(conn, backend.backlog.popleft())
         else:
-            self.free.append(conn)
+            backend.free.append(conn)
 
     def _check_done(self) -> None:
         if self.exhausted and not any(c.busy for c in self.conns):
@@ -434,28 +527,55 @@ class _Load:
             conn.busy = False
             kind = conn.error or ("connection reset" if exc is not None else "connection closed")
             self.rec.transport_error(kind.split(":")[0], conn.started)
-        if conn in self.free:
-            self.free.remove(conn)
+            if self.trace is not None:
+                self.trace.add(conn.started - self.t0, time.perf_counter_ns() - conn.started,
+                               conn.backend, 0)
+        free = self.backends[conn.backend].free
+        if conn in free:
+            free.remove(conn)
         if self.running:
-            self.loop.create_task(self._reconnect(conn.index))
+            self.loop.create_task(self._reconnect(conn.index, conn.backend))
         elif not any(c.busy for c in self.conns):
             self.idle.set()
 
-    async def _reconnect(self, index: int) -> None:
+    async def _reconnect(self, index: int, backend: int) -> None:
+        target = self.backends[backend]
+        begun = time.perf_counter_ns()
         try:
-            fresh = await _connect(self, self.cfg.host, self.cfg.port, index)
+            fresh = await _connect(self, target.host, target.port, index, backend, self.cfg.tls)
         except OSError:
             self.rec.transport_error("connect", time.perf_counter_ns())
             await asyncio.sleep(0.1)
             if self.running:
-                self.loop.create_task(self._reconnect(index))
+                self.loop.create_task(self._reconnect(index, backend))
             return
-        self.reconnects += 1
+        if self.cfg.new_connection:
+            self.opened += 1
+        else:
+            self.reconnects += 1
         self.conns[index] = fresh
         if self.running:
-            self.after(fresh, time.perf_counter_ns())
+            # A new connection per request: that request's time starts before its connect.
+            self.after(fresh, begun if self.cfg.new_connection else time.perf_counter_ns())
         elif fresh.transport is not None:
             fresh.transport.close()
+
+    # -- backends --------------------------------------------------------------------------
+
+    async def add_backend(self, host: str, port: int, connections: int, name: str | None = None) -> int:
+        """Open a pool of `connections` to another server and put it into the round-robin
+        rotation (one call at a time); returns its number (the Trace's backend)."""
+        number = len(self.backends)
+        self.backends.append(_Backend(host, port, name or chr(ord("A") + number)))
+        base = len(self.conns)
+        fresh = await asyncio.gather(*(_connect(self, host, port, base + i, number, self.cfg.tls)
+                                       for i in range(connections)))
+        self.conns.extend(fresh)
+        self.active.append(number)
+        now = time.perf_counter_ns()
+        for conn in fresh:
+            self.after(conn, now)
+        return number
 
     # -- open-loop schedule ----------------------------------------------------------------
 
@@ -466,6 +586,8 @@ class _Load:
         start = self.t0
         end = self.rec.window_end
         window_start = self.rec.window_start
+        backends = self.backends
+        active = self.active
         while self.running:
             now = time.perf_counter_ns()
             while True:
@@ -476,16 +598,19 @@ class _Load:
                 counted = due >= window_start
                 if counted:
                     self.due += 1
-                if self.free:
+                backend = backends[active[self.rr % len(active)]]
+                self.rr += 1
+                if backend.free:
                     if counted:
                         self.lag.append(now - due)
-                    self.send(self.free.pop(), due)
+                    self.send(backend.free.pop(), due)
                 else:
-                    self.backlog.append(due)
+                    backend.backlog.append(due)
+                    self.backlogged += 1
                     if counted:
                         self.waited += 1
-                        if len(self.backlog) > self.max_backlog:
-                            self.max_backlog = len(self.backlog)
+                        if self.backlogged > self.max_backlog:
+                            self.max_backlog = self.backlogged
             nxt = start + int(i * interval)
             if nxt >= end:
                 return
@@ -512,28 +637,32 @@ class _Load:
             point = self.rec.tick(second)
             if out is not None:
                 so_far = self.rec.hist.percentile(99) / 1000.0
-                backlog = f"  backlog {len(self.backlog)}" if self.cfg.rate is not None else ""
+                backlog = f"  backlog {self.backlogged}" if self.cfg.rate is not None else ""
+                pools = f"  backends {len(self.active)}" if len(self.backends) > 1 else ""
                 print(f"[{self.cfg.name}] {second:4d} s  {point['throughput']:8.0f} req/s  "
                       f"errors {int(point['errors'])}  p99 {point['p99_ms']:.2f} ms "
-                      f"(so far {so_far:.2f} ms){backlog}", file=out, flush=True)
+                      f"(so far {so_far:.2f} ms){backlog}{pools}", file=out, flush=True)
 
     # -- the run ---------------------------------------------------------------------------
 
     async def run(self) -> LoadResult:
         cfg = self.cfg
         self.conns = list(await asyncio.gather(
-            *(_connect(self, cfg.host, cfg.port, i) for i in range(cfg.connections))))
+            *(_connect(self, cfg.host, cfg.port, i, 0, cfg.tls) for i in range(cfg.connections))))
         self.t0 = time.perf_counter_ns()
         window_start = self.t0 + int(cfg.warmup * NS)
         window_end = window_start + int(cfg.duration * NS)
         self.rec = Recorder(window_start, window_end)
+        if cfg.trace:
+            self.trace = Trace(self.t0, [b.name for b in self.backends])
         self.running = True
+        self.started.set()
         tasks: list[asyncio.Task[None]] = []
         if cfg.rate is None:
             for conn in self.conns:
                 self.send(conn, self.t0)
         else:
-            self.free = list(reversed(self.conns))
+            self.backends[0].free = list(reversed(self.conns))
             tasks.append(asyncio.create_task(self.schedule()))
         ticker = asyncio.create_task(self.ticker())
         early = asyncio.create_task(self.done_early.wait())
@@ -563,6 +692,8 @@ class _Load:
         for conn in self.conns:
             if conn.transport is not None:
                 conn.transport.close()
+        if self.trace is not None:
+            self.trace.backends = [b.name for b in self.backends]
         return self.result(incomplete)
 
     def result(self, incomplete: int) -> LoadResult:
@@ -577,7 +708,7 @@ class _Load:
         if self.cfg.rate is not None:
             lag = sorted(self.lag)
             lag_p99 = percentile(lag, 99)
-            unsent = sum(1 for due in self.backlog if due >= rec.window_start)
+            unsent = sum(1 for b in self.backends for due in b.backlog if due >= rec.window_start)
             schedule = {
                 "rate": self.cfg.rate,
                 "due": self.due,
@@ -613,20 +744,26 @@ class _Load:
             exhausted=self.exhausted,
             stopped_early_at=stopped_early,
             after_window=rec.after_window,
+            connections_opened=self.opened,
+            trace=self.trace,
         )
 
 
 async def run_load(cfg: LoadConfig, source: Source) -> LoadResult:
     """Run one load phase (warm-up, then `duration` seconds measured)."""
-    return await _Load(cfg, source).run()
+    return await Load(cfg, source).run()
 
 
 async def measure_ceiling(host: str, port: int, path: str = "/", seconds: float = 3.0,
-                          connections: int = 64) -> float:
-    """The generator's own throughput against a trivial endpoint (requests per second)."""
+                          connections: int = 64, tls: ssl.SSLContext | None = None,
+                          new_connection: bool = False) -> float:
+    """The generator's own throughput against a trivial endpoint (requests per second), over
+    the same kind of connections as the run (TLS, a new connection per request)."""
     req = build_request("GET", path, f"{host}:{port}")
+    if new_connection:
+        req = with_connection_close(req)
     cfg = LoadConfig(host, port, connections=connections, duration=seconds, warmup=0.5,
-                     progress=None, name="ceiling")
+                     progress=None, name="ceiling", tls=tls, new_connection=new_connection)
     result = await run_load(cfg, CycleSource([req], "ceiling"))
     return result.throughput
 
@@ -637,7 +774,8 @@ async def measure_ceiling(host: str, port: int, path: str = "/", seconds: float 
 class _Batch:
     """Sends a list of requests over a few connections and keeps every reply in order."""
 
-    def __init__(self, requests: Sequence[bytes]) -> None:
+    def __init__(self, requests: Sequence[bytes], progress: Callable[[int], None] | None = None,
+                 every: int = 1000) -> None:
         self.requests = requests
         self.replies: list[Reply | None] = [None] * len(requests)
         self.pending: dict[int, int] = {}
@@ -645,6 +783,8 @@ class _Batch:
         self.done = asyncio.get_running_loop().create_future()
         self.left = len(requests)
         self.failure: str | None = None
+        self.progress = progress
+        self.every = max(1, every)
 
     def feed(self, conn: _Conn) -> None:
         if self.next_index >= len(self.requests):
@@ -660,6 +800,8 @@ class _Batch:
         i = self.pending.pop(conn.index)
         self.replies[i] = reply
         self.left -= 1
+        if self.progress is not None and (len(self.requests) - self.left) % self.every == 0:
+            self.progress(len(self.requests) - self.left)
         if self.left == 0 and not self.done.done():
             self.done.set_result(None)
             return
@@ -675,13 +817,15 @@ class _Batch:
 
 
 async def fetch_all(host: str, port: int, requests: Sequence[bytes], connections: int = 16,
-                    timeout: float = 600.0) -> list[Reply]:
-    """Send every request (closed loop over `connections`) and return the replies in order."""
+                    timeout: float = 600.0, tls: ssl.SSLContext | None = None,
+                    progress: Callable[[int], None] | None = None, every: int = 1000) -> list[Reply]:
+    """Send every request (closed loop over `connections`) and return the replies in order;
+    `progress` is told the number answered every `every` answers."""
     if not requests:
         return []
-    batch = _Batch(requests)
+    batch = _Batch(requests, progress, every)
     n = max(1, min(connections, len(requests)))
-    conns = list(await asyncio.gather(*(_connect(batch, host, port, i) for i in range(n))))
+    conns = list(await asyncio.gather(*(_connect(batch, host, port, i, 0, tls) for i in range(n))))
     try:
         for conn in conns:
             batch.feed(conn)

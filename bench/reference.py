@@ -10,7 +10,9 @@ A Starlette app on the same stack as tokensvc (uvicorn, uvloop, httptools, one w
 
 `--raw` runs something else: a bare asyncio protocol that answers every request with a
 constant response, far cheaper than any Starlette route. The bench loads it for a few seconds
-before a run to measure the generator's own ceiling.
+before a run to measure the generator's own ceiling. With `--ssl-certfile/--ssl-keyfile` it
+speaks TLS, and it honours `Connection: close`, so the ceiling of a `--tls` or
+`--new-connection-per-request` run is taken over the same kind of connections.
 
 Run: `python -m bench.reference --port 8100 [--redis-url redis://127.0.0.1:6379/0] [--raw]`.
 """
@@ -22,6 +24,7 @@ import asyncio
 import contextlib
 import hashlib
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -100,6 +103,8 @@ def create_app(redis_url: str | None = None) -> Starlette:
 
 RAW_RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n"
                 b'{"status":"ok"}')
+RAW_CLOSE = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+             b'content-length: 15\r\n\r\n{"status":"ok"}')
 
 
 class RawResponder(asyncio.Protocol):
@@ -118,12 +123,16 @@ class RawResponder(asyncio.Protocol):
         cut = data.rfind(b"\r\n\r\n")
         self.tail = data[cut + 4:] if cut >= 0 else data
         if n and self.transport is not None:
+            if b"Connection: close" in data:
+                self.transport.write(RAW_CLOSE)
+                self.transport.close()
+                return
             self.transport.write(RAW_RESPONSE * n)
 
 
-async def serve_raw(host: str, port: int) -> None:
+async def serve_raw(host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(RawResponder, host, port, backlog=1024)
+    server = await loop.create_server(RawResponder, host, port, backlog=1024, ssl=tls)
     async with server:
         await server.serve_forever()
 
@@ -135,12 +144,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--redis-url", help="serve /token-redis against this Redis")
     parser.add_argument("--raw", action="store_true", help="the generator-ceiling responder instead")
+    parser.add_argument("--ssl-certfile", help="--raw over TLS: the PEM certificate")
+    parser.add_argument("--ssl-keyfile", help="--raw over TLS: its PEM key")
     args = parser.parse_args(argv)
     if args.raw:
         import uvloop
 
+        tls = None
+        if args.ssl_certfile:
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            tls.load_cert_chain(args.ssl_certfile, args.ssl_keyfile)
         with contextlib.suppress(KeyboardInterrupt):
-            uvloop.run(serve_raw(args.host, args.port))
+            uvloop.run(serve_raw(args.host, args.port, tls))
         return
     import uvicorn
 

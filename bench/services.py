@@ -4,12 +4,14 @@ the generator-ceiling responder; each on a free loopback port, optionally pinned
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -19,6 +21,8 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench.tls import TlsFiles
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,21 +158,21 @@ def _spawn(name: str, cmd: list[str], workdir: Path, env: Mapping[str, str] | No
     return Proc(name, popen, log_path)
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+def http_get(url: str, timeout: float = 2.0, tls: ssl.SSLContext | None = None) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout, context=tls) as resp:
             return int(resp.status), resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
 
 
-def wait_http(proc: Proc, url: str, timeout: float = 30.0) -> None:
+def wait_http(proc: Proc, url: str, timeout: float = 30.0, tls: ssl.SSLContext | None = None) -> None:
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         proc.check_alive()
         try:
-            status, _ = http_get(url, timeout=1.0)
+            status, _ = http_get(url, timeout=1.0, tls=tls)
         except OSError as exc:
             last = str(exc)
         else:
@@ -177,6 +181,45 @@ def wait_http(proc: Proc, url: str, timeout: float = 30.0) -> None:
             last = f"HTTP {status}"
         time.sleep(0.05)
     raise StartError(f"{proc.name} was not ready at {url} within {timeout:.0f} s ({last}):\n"
+                     f"{proc.log_tail()}")
+
+
+async def _get_status(host: str, port: int, path: str, tls: ssl.SSLContext | None) -> int | None:
+    reader, writer = await asyncio.open_connection(host, port, ssl=tls)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n")
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+    try:
+        return int(head.split()[1])
+    except (IndexError, ValueError):
+        return None
+
+
+async def wait_http_async(proc: Proc, path: str = "/healthz", timeout: float = 60.0,
+                          interval: float = 0.005, tls: ssl.SSLContext | None = None) -> float:
+    """Poll `path` every few milliseconds without blocking the event loop (a load may be
+    running on it) until it answers 200; returns the perf_counter() of that answer."""
+    from bench.http import host_port
+
+    host, port = host_port(proc.url)
+    deadline = time.perf_counter() + timeout
+    last = "no answer"
+    while time.perf_counter() < deadline:
+        proc.check_alive()
+        try:
+            status = await asyncio.wait_for(_get_status(host, port, path, tls), 2.0)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        else:
+            if status == 200:
+                return time.perf_counter()
+            last = f"HTTP {status}"
+        await asyncio.sleep(interval)
+    raise StartError(f"{proc.name} did not answer {path} within {timeout:.0f} s ({last}):\n"
                      f"{proc.log_tail()}")
 
 
@@ -242,26 +285,34 @@ def shown_settings(settings: Mapping[str, str]) -> dict[str, str]:
 
 
 def start_tokensvc(workdir: Path, redis_url: str, workers: int, cpus: str | None,
-                   settings: Mapping[str, str], timeout: float = 60.0) -> Proc:
-    port = free_port()
+                   settings: Mapping[str, str], timeout: float = 60.0, *, port: int | None = None,
+                   tls: TlsFiles | None = None, wait: bool = True, name: str = "tokensvc") -> Proc:
+    """`tokensvc serve` on a free loopback port (or `port`), waited for until /readyz answers
+    unless `wait` is false (then the caller times its start itself). A second instance of the
+    same deployment is started with the first one's `settings` (same Redis, admin key and
+    server keys) and a `name` of its own (its log file)."""
+    port = free_port() if port is None else port
     values = dict(settings)
     values.update({"host": "127.0.0.1", "port": str(port), "workers": str(workers),
                    "redis_url": redis_url, "data_dir": str(workdir / "var")})
+    if tls is not None:
+        values.update({"ssl_certfile": str(tls.certfile), "ssl_keyfile": str(tls.keyfile)})
     values.setdefault("admin_key", "bench-admin-" + secrets.token_urlsafe(24))
     values.setdefault("secret_keys", secrets.token_hex(32))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSVC_")}
     env.update({"TOKENSVC_" + k.upper(): v for k, v in values.items()})
     env.setdefault("PYTHONPATH", str(ROOT))
     cmd = pinned([sys.executable, "-m", "tokensvc", "serve"], cpus)
-    proc = _spawn("tokensvc", cmd, workdir, env)
-    proc.url = f"http://127.0.0.1:{port}"
+    proc = _spawn(name, cmd, workdir, env)
+    proc.url = f"{'https' if tls is not None else 'http'}://127.0.0.1:{port}"
     proc.extra = {"admin_key": values["admin_key"]}
     proc.settings = values
-    try:
-        wait_http(proc, proc.url + "/readyz", timeout)
-    except BaseException:
-        proc.stop()
-        raise
+    if wait:
+        try:
+            wait_http(proc, proc.url + "/readyz", timeout, tls.client_context() if tls else None)
+        except BaseException:
+            proc.stop()
+            raise
     return proc
 
 
@@ -269,20 +320,26 @@ REFERENCE_KINDS = ("static", "noredis", "redis")
 
 
 def start_reference(workdir: Path, cpus: str | None, redis_url: str | None = None,
-                    raw: bool = False, timeout: float = 30.0) -> Proc:
-    """The reference Starlette app (or, with `raw`, the generator-ceiling responder)."""
+                    raw: bool = False, timeout: float = 30.0, tls: TlsFiles | None = None) -> Proc:
+    """The reference Starlette app (or, with `raw`, the generator-ceiling responder, over TLS
+    when `tls` is given)."""
     port = free_port()
     cmd = [sys.executable, "-m", "bench.reference", "--port", str(port)]
     if raw:
         cmd.append("--raw")
+        if tls is not None:
+            cmd += ["--ssl-certfile", str(tls.certfile), "--ssl-keyfile", str(tls.keyfile)]
+    elif tls is not None:
+        raise ValueError("only the raw responder speaks TLS")
     if redis_url is not None:
         cmd += ["--redis-url", redis_url]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = _spawn("ceiling" if raw else "reference", pinned(cmd, cpus), workdir, env)
-    proc.url = f"http://127.0.0.1:{port}"
+    proc.url = f"{'https' if tls is not None else 'http'}://127.0.0.1:{port}"
     try:
-        wait_http(proc, proc.url + ("/" if raw else "/static"), timeout)
+        wait_http(proc, proc.url + ("/" if raw else "/static"), timeout,
+                  tls.client_context() if tls is not None else None)
     except BaseException:
         proc.stop()
         raise
