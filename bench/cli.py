@@ -8,14 +8,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.admin import SetupError
-from bench.scenarios import MIXABLE, SCENARIOS
+from bench.scenarios import DEFAULT_CLIENTS, FLEET_SCENARIOS, MIXABLE, SCENARIOS
 from bench.services import REFERENCE_KINDS, StartError
+from bench.tls import CertificateError
 
 DESCRIPTION = """\
 tokensvc's bench suite: load tokensvc (or the reference endpoints) and record the figures.
 
   python -m bench run --scenario client_credentials --duration 30 --connections 64
   python -m bench run --reference redis --pin-server 0 --pin-client 1 --pin-redis 1
+  python -m bench run --scenario many_clients --clients 20000
+  python -m bench run --scenario cold_start --pin-server 0 --pin-client 1 --pin-redis 1
+  python -m bench run --scenario client_credentials --tls --new-connection-per-request
   python -m bench compare bench/results/A.json bench/results/B.json
   python -m bench plot bench/results/A.json -o out.png
   python -m bench suite
@@ -64,6 +68,13 @@ def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
     return parse
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def _load_options(p: argparse.ArgumentParser, suite: bool = False) -> None:
     p.add_argument("--duration", type=_positive(float), default=30.0,
                    help="seconds measured, after the warm-up (default 30)")
@@ -80,6 +91,12 @@ def _load_options(p: argparse.ArgumentParser, suite: bool = False) -> None:
     p.add_argument("--ceiling-seconds", type=float, default=3.0,
                    help="seconds spent measuring the generator's ceiling first; 0 skips it (default 3)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    defaults = ", ".join(f"{k} {v:,}" for k, v in DEFAULT_CLIENTS.items())
+    p.add_argument("--clients", type=_positive(int),
+                   help=f"distinct clients of many_clients, cold_start and scale_out (defaults: {defaults})")
+    p.add_argument("--real-hash-cost", action="store_true",
+                   help="many_clients, cold_start, scale_out: keep the service's argon2 cost for the "
+                        "clients' secrets (default: t=1, m=1 MiB, so set-up takes seconds, not minutes)")
     if not suite:
         p.add_argument("--pin-server", metavar="CPUS",
                        help="pin tokensvc (or the reference app) to CPUs, e.g. 0")
@@ -130,6 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", type=Path, metavar="OUT.svg",
                      help="py-spy the started server during the load: a flame graph (.svg) or "
                           "speedscope (.json)")
+    run.add_argument("--tls", action="store_true",
+                     help="serve HTTPS (a self-signed P-256 certificate made with openssl in the run's "
+                          "temp dir) and load it over TLS")
+    run.add_argument("--new-connection-per-request", dest="new_connection", action="store_true",
+                     help="Connection: close and a new connection for every request (with --tls: a full "
+                          "TLS handshake per request); closed loop only")
+    run.add_argument("--join-at", type=_positive(float), default=5.0,
+                     help="scale_out: seconds into the load when instance B is started (default 5)")
+    run.add_argument("--peak-seconds", type=_positive(float), default=5.0,
+                     help="scale_out: closed-loop seconds measuring A's peak (default 5)")
+    run.add_argument("--load-fraction", type=_fraction, default=0.7,
+                     help="scale_out: the open-loop rate as a fraction of A's peak (default 0.7); "
+                          "--rate sets it directly")
+    run.add_argument("--pin-second", metavar="CPUS",
+                     help="scale_out: instance B's CPUs (default: those not in --pin-server)")
     _load_options(run)
 
     soak = sub.add_parser("soak", help="a long open-loop run at half the peak; errors and server memory",
@@ -141,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds of open-loop load (default 600)")
     soak.add_argument("--rate", type=_positive(float),
                       help="requests per second (default: half the peak measured first)")
-    soak.add_argument("--scenario", choices=[s for s in SCENARIOS if s not in ("static", "noop")],
+    soak.add_argument("--scenario", choices=[s for s in SCENARIOS
+                                             if s not in ("static", "noop", *FLEET_SCENARIOS)],
                       default="client_credentials", help="what to send (default client_credentials)")
     soak.add_argument("--connections", type=_positive(int), default=64,
                       help="keep-alive connections (default 64)")
@@ -174,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--repeat", type=_positive(int), default=3, help="runs per configuration (default 3)")
     suite.add_argument("--only", nargs="+", metavar="KEY",
                        help="only these: static noredis redis cc cc_reuse introspection password cc_w2, "
-                            "and mix_password (client_credentials with password logins alongside; "
-                            "not in the default set)")
+                            "and, not in the default set: mix_password (client_credentials with "
+                            "password logins alongside), many_clients, cold_start, scale_out, tls, "
+                            "tls_handshake")
     suite.add_argument("--markdown", type=Path, help="also write the table to this file")
     suite.add_argument("--pin-server", default="0", metavar="CPUS", help="default 0")
     suite.add_argument("--pin-client", default="1", metavar="CPUS", help="default 1")
@@ -214,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             output=args.output, quiet=args.quiet)
         try:
             sdoc = uvloop.run(soak(sopts, args_list))
-        except (StartError, SetupError, ConnectionError) as exc:
+        except (StartError, SetupError, CertificateError, ConnectionError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
@@ -226,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     common = {"duration": args.duration, "connections": args.connections, "warmup": args.warmup,
               "wrk": args.wrk, "wrk_threads": args.wrk_threads, "settings": dict(args.settings),
-              "ceiling_seconds": args.ceiling_seconds, "quiet": args.quiet}
+              "ceiling_seconds": args.ceiling_seconds, "quiet": args.quiet, "clients": args.clients,
+              "real_hash_cost": args.real_hash_cost}
     try:
         if args.command == "run":
             opts = RunOptions(
@@ -234,7 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pin_server=args.pin_server, pin_client=args.pin_client, pin_redis=args.pin_redis,
                 reference=args.reference, admin_key=args.admin_key, pool=args.pool, users=args.users,
                 mix=args.mix, mix_by_connection=args.mix_by == "connection", output=args.output,
-                label=args.label, keep=args.keep, profile=args.profile, **common)
+                label=args.label, keep=args.keep, profile=args.profile, tls=args.tls,
+                new_connection=args.new_connection, join_at=args.join_at, peak_seconds=args.peak_seconds,
+                load_fraction=args.load_fraction, pin_second=args.pin_second, **common)
             doc = uvloop.run(execute(opts, args_list))
             print_summary(doc)
             return 0
@@ -251,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = uvloop.run(run_suite(base, args.repeat, args.only, args.markdown))
         print(table)
         return 0
-    except (StartError, SetupError, ConnectionError) as exc:
+    except (StartError, SetupError, CertificateError, ConnectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -162,9 +162,62 @@ def summary_table(doc: Mapping[str, Any]) -> str:
     cpu = doc.get("cpu") or {}
     if cpu:
         lines.append("  CPU          " + ", ".join(f"{k} {v:.0%}" for k, v in cpu.items()))
+    workload = doc.get("workload") or {}
+    if workload.get("clients"):
+        lines.append(f"  clients      {workload['clients']} distinct, each used once before the load "
+                     f"(set-up {workload.get('setup_seconds', 0):.0f} s)")
+    opened = (doc.get("load") or {}).get("connections_opened")
+    if opened:
+        lines.append(f"  connections  {opened} opened during the load (one per request)")
+    lines += _cold_start_lines(doc.get("cold_start")) + _scale_out_lines(doc.get("scale_out"))
     for note in doc.get("notes", []):
         lines.append(f"  note: {note}")
     return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.2f} s"
+
+
+def _cold_start_lines(cold: Mapping[str, Any] | None) -> list[str]:
+    if not cold:
+        return []
+    early = cold["early_latency_ms"]
+    warm_from, warm_to = cold["warm_window_s"]
+    lines = [
+        "  cold start   " + f"start command -> /healthz {_seconds(cold.get('start_to_healthz_s'))}; "
+        f"warm rate {cold['warm_rate']:.0f} req/s (last {warm_to - warm_from:g} s)",
+        f"               90 % of it after {_seconds(cold['time_to_90_s'])} (100 ms buckets, from the first "
+        f"request); first {cold['early_window_s']:g} s: p50 {_ms(early['p50'])}, p99 {_ms(early['p99'])}",
+    ]
+    runs, hits = cold.get("argon2_client_secret_runs"), cold.get("secret_cache_hits")
+    if runs is not None:
+        lines.append(f"               on the new process: {runs:.0f} argon2 runs for client secrets, "
+                     f"{hits or 0:.0f} secret-cache hits")
+    for goal in cold.get("goals", []):
+        met = "-" if goal["met"] is None else ("met" if goal["met"] else "NOT met")
+        lines.append(f"  goal         {goal['goal']}: {goal['measured'] or '-'} ({met})")
+    return lines
+
+
+def _scale_out_lines(scale: Mapping[str, Any] | None) -> list[str]:
+    if not scale:
+        return []
+    peak = scale.get("peak") or {}
+    lines = []
+    if peak:
+        lines.append(f"  scale-out    A's peak {peak['throughput']:.0f} req/s; open loop at "
+                     f"{scale['rate']:.0f} req/s; B started at {scale['start_command_s']:.2f} s")
+    else:
+        lines.append(f"  scale-out    open loop at {scale['rate']:.0f} req/s; B started at "
+                     f"{scale['start_command_s']:.2f} s")
+    lines.append(f"               start command -> /healthz {_seconds(scale['start_to_healthz_s'])}; "
+                 f"-> B carries its share {_seconds(scale['start_to_share_s'])}")
+    window = scale.get("share_window")
+    if window:
+        lines.append(f"               (window {window['start_s']:.1f}-{window['end_s']:.1f} s: B gave "
+                     f"{window['share']:.0%} of {window['requests']} answers, p99 {_ms(window['p99_ms'])})")
+    return lines
 
 
 def compare_table(docs: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None,

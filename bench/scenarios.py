@@ -8,8 +8,10 @@ prebuilt bytes (a refresh chain builds each next request from the previous answe
 from __future__ import annotations
 
 import html
+import json
 import re
 import secrets
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,9 +24,16 @@ from bench.loadgen import ChainSource, CycleSource, MixSource, PoolSource, Sourc
 
 SERVICE_SCENARIOS = ("client_credentials", "client_credentials_reuse", "password", "refresh",
                      "introspection", "revocation", "token_login", "authorization_code", "mix",
-                     "healthz")
+                     "healthz", "many_clients")
+# Scenarios with processes of their own (a second tokensvc instance): bench/fleet.py.
+FLEET_SCENARIOS = ("cold_start", "scale_out")
 REFERENCE_SCENARIOS = ("static", "noop")
-SCENARIOS = SERVICE_SCENARIOS + REFERENCE_SCENARIOS
+SCENARIOS = SERVICE_SCENARIOS + FLEET_SCENARIOS + REFERENCE_SCENARIOS
+# Distinct clients (--clients) of the scenarios that load many.
+DEFAULT_CLIENTS = {"many_clients": 20_000, "cold_start": 10_000, "scale_out": 1_000}
+# Admin API calls in flight while creating them: enough to keep the service's argon2 threads
+# busy, few enough not to queue for long behind them.
+CREATE_IN_FLIGHT = 32
 # Which reference app route each reference run loads.
 REFERENCE_PATHS = {"static": "/static", "noredis": "/token-noredis", "redis": "/token-redis"}
 # Pool sizing for scenarios that use each prepared request once, in closed-loop mode: a
@@ -66,6 +75,8 @@ class Setup:
     pool: int | None
     pool_seconds: float
     rate: float | None
+    fleet_size: int = DEFAULT_CLIENTS["many_clients"]
+    tls: ssl.SSLContext | None = None
     run_id: str = field(default_factory=lambda: secrets.token_hex(4))
     clients: list[str] = field(default_factory=list)
     usernames: list[str] = field(default_factory=list)
@@ -112,7 +123,8 @@ class Setup:
 
     async def fetch(self, requests: Sequence[bytes], what: str, expect: int = 200) -> list[Reply]:
         started = time.perf_counter()
-        replies = await fetch_all(self.host, self.port, requests, connections=min(32, self.connections))
+        replies = await fetch_all(self.host, self.port, requests, connections=min(32, self.connections),
+                                  tls=self.tls)
         bad = [r for r in replies if r.status != expect]
         if bad:
             raise SetupError(f"preparing {what}: {len(bad)} of {len(replies)} answers were not "
@@ -125,6 +137,44 @@ class Setup:
         req = self.cc_request(self.client())
         replies = await self.fetch([req] * n, "access tokens")
         return [_field(r, "access_token") for r in replies]
+
+    async def fleet(self, n: int) -> list[dict[str, str]]:
+        """`n` confidential clients (each its own secret, client_secret_post, reuse off),
+        created concurrently through `POST /admin/clients`, then each used once (one
+        client_credentials grant), as the clients of a deployment that has been running.
+
+        Each creation hashes a secret with argon2id at the service's cost, which is why the
+        bench starts the service with a cheap cost for these scenarios unless told otherwise."""
+        key = self.http.admin_key
+        if not key:
+            raise SetupError("set-up needs the admin key: --admin-key or TOKENSVC_ADMIN_KEY")
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        requests = [build_request("POST", "/admin/clients", self.hostport, headers=headers, body=json.dumps({
+            "name": f"bench {self.run_id} fleet {i}", "scopes": ["read"],
+            "grant_types": ["client_credentials"], "token_endpoint_auth_method": "client_secret_post",
+            "reuse_tokens": False}).encode()) for i in range(n)]
+        started = time.perf_counter()
+        every = max(100, min(2000, n // 10))
+
+        def progress(done: int) -> None:
+            spent = time.perf_counter() - started
+            self.log(f"created {done}/{n} clients in {spent:.0f} s ({done / max(spent, 1e-9):.0f}/s)")
+
+        replies = await fetch_all(self.host, self.port, requests, connections=CREATE_IN_FLIGHT,
+                                  timeout=max(600.0, n * 0.25), tls=self.tls, progress=progress, every=every)
+        creds: list[dict[str, str]] = []
+        refused = [r for r in replies if r.status != 201]
+        for reply in replies:
+            if reply.status == 201:
+                doc = json.loads(reply.body)
+                self.clients.append(doc["client_id"])
+                creds.append({"client_id": doc["client_id"], "client_secret": doc["client_secret"]})
+        if refused:
+            raise SetupError(f"POST /admin/clients: {len(refused)} of {n} refused; first: "
+                             f"{refused[0].status} {refused[0].body[:300]!r}")
+        self.log(f"created {n} clients in {time.perf_counter() - started:.1f} s")
+        await self.fetch([self.cc_request(c) for c in creds], "first grants (each client used once)")
+        return creds
 
     def pool_size(self, name: str, share: float = 1.0) -> int:
         if self.pool is not None:
@@ -164,6 +214,16 @@ class Setup:
     async def _client_credentials(self, share: float) -> Workload:
         req = self.cc_request(self.client())
         return Workload("client_credentials", CycleSource([req], "client_credentials"), "cycle", [req])
+
+    async def _many_clients(self, share: float) -> Workload:
+        """`fleet_size` clients, each used once in set-up; the timed phase cycles through all of
+        them, one request per client in turn, so each client comes back every N requests."""
+        started = time.perf_counter()
+        creds = await self.fleet(self.fleet_size)
+        reqs = [self.cc_request(c) for c in creds]
+        return Workload("many_clients", CycleSource(reqs, "many_clients"), "cycle", reqs,
+                        info={"clients": len(creds), "each_used_once_before": True,
+                              "setup_seconds": round(time.perf_counter() - started, 1)})
 
     async def _client_credentials_reuse(self, share: float) -> Workload:
         req = self.cc_request(self.client(reuse=True))

@@ -2,7 +2,12 @@
 
 Runs go round-robin (every configuration once, then again), so a drift of the machine touches
 all of them alike. Pinning follows the issue: server on CPU 0, Redis and the generator on
-CPU 1 (the two-worker run gets both CPUs for the server).
+CPU 1 (the two-worker run gets both CPUs for the server; scale_out's second instance gets
+CPU 1).
+
+The fleet rows (many_clients, cold_start, scale_out, tls, tls_handshake) run only when named
+with --only; their own figures (time to 90 % of the warm rate, argon2 runs on a new process,
+scale-out times, tokens per server CPU with a handshake per request) go to a second table.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import dataclasses
 import json
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,11 @@ PEERS = {
     "node-oidc-provider 9.13, in-memory": 8000.0,
     "node-oidc-provider introspection, Redis": 6190.0,
 }
+# Keycloak's published sizing: client_credentials grants per second per vCPU, each with a TLS
+# handshake (quoted; Keycloak is not run here).
+KEYCLOAK_PER_VCPU = 120.0
+# Goals of the fleet issue.
+MANY_CLIENTS_RATIO = 0.9
 
 
 @dataclass(frozen=True)
@@ -50,8 +60,21 @@ CONFIGS: tuple[Config, ...] = (
     Config("mix_password", "client_credentials on 60 connections, password on 4",
            {"scenario": "mix", "mix": {"client_credentials": 60, "password": 4},
             "mix_by_connection": True}, default=False),
+    # The fleet issue's rows (`--only cc many_clients cold_start scale_out tls tls_handshake`).
+    Config("many_clients", "client_credentials, many clients in turn",
+           {"scenario": "many_clients", "clients": 20_000}, default=False),
+    Config("cold_start", "cold start: a new instance, the known clients in turn",
+           {"scenario": "cold_start", "clients": 10_000}, default=False),
+    Config("scale_out", "scale-out: open loop at 70 % of A's peak, B joins",
+           {"scenario": "scale_out"}, default=False),
+    Config("tls", "client_credentials over TLS, keep-alive", {"scenario": "client_credentials", "tls": True},
+           default=False),
+    Config("tls_handshake", "client_credentials, a TLS handshake per request",
+           {"scenario": "client_credentials", "tls": True, "new_connection": True}, default=False),
 )
-NO_RATIOS = ("password", "mix_password")
+NO_RATIOS = ("password", "mix_password", "cold_start", "scale_out", "tls", "tls_handshake")
+# Rows whose title gets the number of clients the runs had.
+WITH_CLIENTS = ("many_clients", "cold_start", "scale_out")
 
 
 def _median_doc(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -80,6 +103,10 @@ def summarise(by_key: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, A
     static = med.get("static", {}).get("throughput")
     noredis = med.get("noredis", {}).get("throughput")
     titles = {c.key: c.title for c in CONFIGS}
+    for key in WITH_CLIENTS:
+        clients = [d.get("workload", {}).get("clients") for d in by_key.get(key, [])]
+        if clients and clients[0]:
+            titles[key] += f" ({clients[0]:,} clients)"
     lines = ["| configuration | req/s (median) | p99 ms (median) | vs redis ref | vs no-Redis ref "
              "| vs static | runs (req/s) |", "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for key, m in med.items():
@@ -120,6 +147,8 @@ def summarise(by_key: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, A
         p99_mixed = statistics.median(mixed)
         goals.append(("client_credentials p99 while password logins run (vs alone)",
                       None, f"{p99_mixed:.2f} ms vs {cc_p99:.2f} ms"))
+    fleet_lines, fleet_goals, fleet = fleet_summary(by_key, med)
+    goals += fleet_goals
     lines += ["", "| goal | measured | met |", "| --- | ---: | :---: |"]
     for name, ok, shown in goals:
         lines.append(f"| {name} | {shown} | {'-' if ok is None else ('yes' if ok else 'no')} |")
@@ -129,18 +158,143 @@ def summarise(by_key: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, A
         lines.append("")
         lines.append(f"Verified-secret cache hit rate (client_credentials runs): "
                      f"{statistics.median(hit_rates):.4%} (median).")
-    return "\n".join(lines), {"medians": med, "goals": [{"goal": g, "met": ok, "measured": s}
-                                                         for g, ok, s in goals]}
+    if fleet_lines:
+        lines += ["", *fleet_lines]
+    return "\n".join(lines), {"medians": med, "fleet": fleet,
+                              "goals": [{"goal": g, "met": ok, "measured": s} for g, ok, s in goals]}
+
+
+def _get(doc: dict[str, Any], *path: str) -> Any:
+    value: Any = doc
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _values(docs: Sequence[dict[str, Any]], pick: Callable[[dict[str, Any]], Any]) -> list[float | None]:
+    out: list[float | None] = []
+    for doc in docs:
+        value = pick(doc)
+        out.append(float(value) if isinstance(value, int | float) else None)
+    return out
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    """The median of the runs that have the figure."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def _per_cpu(doc: dict[str, Any]) -> float | None:
+    cpu = _get(doc, "cpu", "server")
+    tput = _get(doc, "summary", "throughput")
+    return tput / cpu if cpu and tput is not None else None
+
+
+# (row, figure, how it is read from a result, unit)
+FLEET_FIGURES: tuple[tuple[str, str, Callable[[dict[str, Any]], Any], str], ...] = (
+    ("cold_start", "start command -> /healthz", lambda d: _get(d, "cold_start", "start_to_healthz_s"), "s"),
+    ("cold_start", "time to 90 % of the warm rate (from the first request)",
+     lambda d: _get(d, "cold_start", "time_to_90_s"), "s"),
+    ("cold_start", "warm rate", lambda d: _get(d, "cold_start", "warm_rate"), "req/s"),
+    ("cold_start", "p50, first 10 s", lambda d: _get(d, "cold_start", "early_latency_ms", "p50"), "ms"),
+    ("cold_start", "p99, first 10 s", lambda d: _get(d, "cold_start", "early_latency_ms", "p99"), "ms"),
+    ("cold_start", "argon2 runs (client secrets) on the new process",
+     lambda d: _get(d, "cold_start", "argon2_client_secret_runs"), ""),
+    ("cold_start", "secret-cache hits on the new process",
+     lambda d: _get(d, "cold_start", "secret_cache_hits"), ""),
+    ("scale_out", "A's peak (closed loop)", lambda d: _get(d, "scale_out", "peak", "throughput"), "req/s"),
+    ("scale_out", "open-loop rate", lambda d: _get(d, "scale_out", "rate"), "req/s"),
+    ("scale_out", "B: start command -> /healthz", lambda d: _get(d, "scale_out", "start_to_healthz_s"), "s"),
+    ("scale_out", "B: start command -> carries its share (>= 40 % of a 1 s window, p99 < 15 ms)",
+     lambda d: _get(d, "scale_out", "start_to_share_s"), "s"),
+    ("tls", "tokens/s per server CPU", _per_cpu, "req/s"),
+    ("tls_handshake", "tokens/s per server CPU", _per_cpu, "req/s"),
+    ("tls_handshake", "server CPU", lambda d: _get(d, "cpu", "server"), "cores"),
+    ("tls_handshake", "generator ceiling (same handshakes)",
+     lambda d: _get(d, "ceiling", "throughput"), "req/s"),
+)
+
+
+def _shown(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "s":
+        return f"{value:.2f} s"
+    if unit == "ms":
+        return f"{value:.2f} ms"
+    if unit == "cores":
+        return f"{value:.2f}"
+    return f"{value:.0f}" + (f" {unit}" if unit else "")
+
+
+def fleet_summary(by_key: dict[str, list[dict[str, Any]]], med: dict[str, dict[str, float]]
+                  ) -> tuple[list[str], list[tuple[str, bool | None, str]], dict[str, Any]]:
+    """The fleet rows' own figures (medians over the runs that have them; a run that never
+    reached a figure shows as "never"), and their goals."""
+    titles = {c.key: c.title for c in CONFIGS}
+    lines: list[str] = []
+    facts: dict[str, Any] = {}
+    for key, name, pick, unit in FLEET_FIGURES:
+        docs = by_key.get(key) or []
+        if not docs:
+            continue
+        values = _values(docs, pick)
+        middle = _median(values)
+        facts.setdefault(key, {})[name] = middle
+        runs = ", ".join("never" if v is None else _shown(v, unit) for v in values)
+        lines.append(f"| {titles[key]} | {name} | {_shown(middle, unit)} | {runs} |")
+    if lines:
+        lines = ["| configuration | figure | median | runs |", "| --- | --- | ---: | --- |", *lines]
+    goals: list[tuple[str, bool | None, str]] = []
+    cc = med.get("cc", {}).get("throughput")
+    many = med.get("many_clients", {}).get("throughput")
+    if many is not None:
+        goals.append((f"many clients >= {MANY_CLIENTS_RATIO}x one-client client_credentials",
+                      None if not cc else many >= MANY_CLIENTS_RATIO * cc, _ratio(many, cc)))
+    cold = by_key.get("cold_start") or []
+    if cold:
+        reached = _values(cold, lambda d: _get(d, "cold_start", "time_to_90_s"))
+        # a run that never reached 90 % counts as the slowest
+        ordered = sorted(reached, key=lambda v: float("inf") if v is None else v)
+        mid = ordered[len(ordered) // 2]
+        goals.append(("cold start: >= 90 % of the warm rate within 2 s", mid is not None and mid <= 2.0,
+                      "never" if mid is None else f"{mid:.2f} s"))
+        p99 = _median(_values(cold, lambda d: _get(d, "cold_start", "early_latency_ms", "p99")))
+        goals.append(("cold start: p99 < 50 ms over the first 10 s", None if p99 is None else p99 < 50.0,
+                      _shown(p99, "ms")))
+        argon2 = [v for v in _values(cold, lambda d: _get(d, "cold_start", "argon2_client_secret_runs"))
+                  if v is not None]
+        goals.append(("cold start: argon2 runs on the new process = 0",
+                      (max(argon2) == 0) if argon2 else None,
+                      f"{max(argon2):.0f} (most of any run)" if argon2 else "-"))
+    handshake = by_key.get("tls_handshake") or []
+    if handshake:
+        per_cpu = _median(_values(handshake, _per_cpu))
+        goals.append((f"tokens/s per server CPU with a TLS handshake per request (Keycloak's published "
+                      f"sizing: {KEYCLOAK_PER_VCPU:.0f}/s per vCPU, quoted)", None, _shown(per_cpu, "req/s")))
+    return lines, goals, facts
 
 
 async def run_suite(base: RunOptions, repeat: int, only: Sequence[str] | None,
                     markdown: Path | None) -> str:
     configs = [c for c in CONFIGS if (c.key in only if only else c.default)]
+    unknown = set(only or ()) - {c.key for c in CONFIGS}
+    if unknown:
+        raise SystemExit(f"unknown suite keys: {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(c.key for c in CONFIGS)}")
     by_key: dict[str, list[dict[str, Any]]] = {c.key: [] for c in configs}
     paths: list[str] = []
     for round_no in range(1, repeat + 1):
         for cfg in configs:
-            opts = dataclasses.replace(base, **cfg.changes)
+            changes = dict(cfg.changes)
+            if base.clients is not None:
+                changes.pop("clients", None)  # --clients given to the suite wins
+            opts = dataclasses.replace(base, **changes)
+            if opts.scenario == "scale_out" and opts.join_at >= opts.duration:
+                opts = dataclasses.replace(opts, join_at=round(opts.duration / 3, 1))
             print(f"[suite] round {round_no}/{repeat}: {cfg.title}", file=sys.stderr, flush=True)
             doc = await execute(opts, run_argv(opts))
             by_key[cfg.key].append(doc)

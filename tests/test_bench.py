@@ -68,7 +68,8 @@ def service() -> Iterator[Proc]:
 async def setup_for(svc: Proc, **kw: Any) -> AsyncIterator[Setup]:
     http = Http(svc.url, svc.extra["admin_key"])
     host, port = http.host, http.port
-    values: dict[str, Any] = {"connections": 4, "users": 4, "pool": 12, "pool_seconds": 1.0, "rate": None}
+    values: dict[str, Any] = {"connections": 4, "users": 4, "pool": 12, "pool_seconds": 1.0, "rate": None,
+                              "fleet_size": 5}
     values.update(kw)
     setup = Setup(http, host, port, **values)
     try:
