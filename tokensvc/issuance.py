@@ -16,6 +16,7 @@ import orjson
 from tokensvc import metrics
 from tokensvc.clients import ClientDirectory
 from tokensvc.errors import InvalidGrant, InvalidScope
+from tokensvc.lru import LRU
 from tokensvc.models import Client, TokenRecord, TokenResponse
 from tokensvc.settings import Settings
 from tokensvc.store import keys
@@ -39,9 +40,6 @@ _REDEEM_REFUSALS = {
     "PKCE": "The code_verifier does not match the code_challenge.",
     "UNKNOWN": "The authorization code is invalid, expired or already used.",
 }
-
-
-REUSE_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,17 +74,18 @@ class TokenIssuer:
         # may be handed out (while at least half its lifetime is left). Trusted only while the
         # invalidation channel is live; every deletion of a reuse record in Redis (revocation,
         # rotation, the user's or the client's end) is announced there and drops the entry.
-        self._reused: dict[str, _Reused] = {}
+        # As many reuse answers as client records (one per client, user and scope set in use).
+        self._reused: LRU[str, _Reused] = LRU(settings.secret_cache_size)
         clients.on_forget.append(self._forget_reused)
 
     def _forget_reused(self, name: str | None) -> None:
         if name is None:
             self._reused.clear()
         elif name.startswith("g:"):
-            self._reused.pop(name[2:], None)
+            self._reused.pop(name[2:])
         else:  # a client changed or went: its reuse answers go too
             for grant_id in [g for g, r in self._reused.items() if r.client_id == name]:
-                del self._reused[grant_id]
+                self._reused.pop(grant_id)
 
     async def active(self, token: str, kind: str | None = None) -> TokenRecord | None:
         """The record of a live token: minted here, stored, not rotated, its client not revoked."""
@@ -156,7 +155,7 @@ class TokenIssuer:
             if now < cached.until:
                 return TokenResponse(cached.access, (cached.expires_at - now) // 1000, scope,
                                      cached.refresh)
-            del self._reused[grant_id]
+            self._reused.pop(grant_id)
         epoch = self.clients.epoch
         at_seed = new_seed()
         access = self.codec.derive(ACCESS, grant_id, at_seed)
@@ -197,12 +196,10 @@ class TokenIssuer:
         """Keep a reuse answer unless an invalidation arrived while Redis was asked."""
         if not self.clients.live or epoch != self.clients.epoch:
             return
-        if len(self._reused) >= REUSE_CACHE_SIZE:
-            self._reused.pop(next(iter(self._reused)))
         until = expires_at - lifetime_ms // 2
         if now < until:
-            self._reused[grant_id] = _Reused(client.client_id, access,
-                                             refresh.token if refresh else None, expires_at, until)
+            self._reused.put(grant_id, _Reused(client.client_id, access,
+                                               refresh.token if refresh else None, expires_at, until))
 
     async def issue_code(self, client: Client, username: str, scope: str, redirect_uri: str,
                          challenge: str | None, method: str | None) -> str:

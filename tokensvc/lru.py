@@ -44,6 +44,10 @@ class LRU(Generic[K, V]):
     def pop(self, key: K) -> V | None:
         return self._data.pop(key, None)
 
+    def items(self) -> list[tuple[K, V]]:
+        """A snapshot, oldest first (for the rare sweep by value, such as a client's entries)."""
+        return list(self._data.items())
+
     def clear(self) -> None:
         self._data.clear()
 
