@@ -233,7 +233,7 @@ def _shown(value: float | None, unit: str) -> str:
 def fleet_summary(by_key: dict[str, list[dict[str, Any]]], med: dict[str, dict[str, float]]
                   ) -> tuple[list[str], list[tuple[str, bool | None, str]], dict[str, Any]]:
     """The fleet rows' own figures (medians over the runs that have them; a run that never
-    reached a figure shows as "never"), and their goals."""
+    reached a time shows as "never"), and their goals."""
     titles = {c.key: c.title for c in CONFIGS}
     lines: list[str] = []
     facts: dict[str, Any] = {}
@@ -244,7 +244,8 @@ def fleet_summary(by_key: dict[str, list[dict[str, Any]]], med: dict[str, dict[s
         values = _values(docs, pick)
         middle = _median(values)
         facts.setdefault(key, {})[name] = middle
-        runs = ", ".join("never" if v is None else _shown(v, unit) for v in values)
+        # a missing time is one never reached; any other missing figure was not measured
+        runs = ", ".join("never" if v is None and unit == "s" else _shown(v, unit) for v in values)
         lines.append(f"| {titles[key]} | {name} | {_shown(middle, unit)} | {runs} |")
     if lines:
         lines = ["| configuration | figure | median | runs |", "| --- | --- | ---: | --- |", *lines]

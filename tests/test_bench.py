@@ -7,31 +7,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 import pytest
 
-from bench.admin import Http, metric_values
-from bench.http import ProtocolError, build_request, form_post, parse_response
+from bench.admin import Http, metric_values, secret_counters
+from bench.fleet import (
+    analyse_cold_start,
+    analyse_scale_out,
+    cold_start_goals,
+    first_share_window,
+    time_to_fraction,
+)
+from bench.http import ProtocolError, build_request, form_post, parse_response, with_connection_close
 from bench.loadgen import (
     ChainSource,
+    ConnectionCloseSource,
     CycleSource,
+    Load,
     LoadConfig,
     MixSource,
     PoolSource,
+    Source,
+    Trace,
     fetch_all,
     json_field,
     oauth_error,
     run_load,
 )
 from bench.results import REQUIRED_KEYS, compare_table, load_result, summary_table, write_result
-from bench.runner import RunOptions, execute, run_argv
+from bench.runner import RunOptions, check_options, effective_settings, execute, run_argv
 from bench.scenarios import MIX_DEFAULT, SERVICE_SCENARIOS, Setup, reference_workload
 from bench.services import (
     Proc,
@@ -42,6 +55,7 @@ from bench.services import (
     start_tokensvc,
 )
 from bench.stats import Histogram, latency_summary, percentile
+from bench.tls import make_certificate
 from bench.wrk import lua_script, parse_output
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -512,3 +526,241 @@ def test_cli_help_lists_the_commands_and_scenarios() -> None:
         assert word in sub.stdout
     bad = run("run", "--set", "no_such_setting=1")
     assert bad.returncode == 2 and "unknown tokensvc setting" in bad.stderr
+
+
+# -- fleet scale: many clients, a cold instance, scale-out, TLS --------------------------------
+
+
+async def test_many_clients_set_up_makes_distinct_clients_used_once_then_cycles_them(service: Proc) -> None:
+    async with setup_for(service, fleet_size=6) as setup:
+        workload = await setup.prepare("many_clients")
+        assert len(setup.clients) == 6 and len(set(setup.clients)) == 6
+        assert workload.info["clients"] == 6 and workload.info["each_used_once_before"] is True
+        # one request per client in turn, whichever connection asks
+        sent = [workload.source.next(i % 3) for i in range(12)]
+        ids = [parse_qs(item[0].split(b"\r\n\r\n", 1)[1].decode())["client_id"][0] for item in sent if item]
+        assert ids[:6] == ids[6:] and sorted(ids[:6]) == sorted(setup.clients)
+        replies = await fetch_all(setup.host, setup.port, [item[0] for item in sent if item], connections=3)
+        assert [r.status for r in replies] == [200] * 12
+        # each secret was verified once in set-up: none of these ran argon2
+        counters = secret_counters(setup.http)
+        assert counters is not None and counters["secret_cache_hits"] >= 12
+
+
+def _trace(points: list[tuple[float, float, int, int]], backends: tuple[str, ...] = ("A",)) -> Trace:
+    """A Trace from (start s, latency ms, backend, status)."""
+    trace = Trace(0, backends)
+    for start, latency, backend, status in points:
+        trace.add(int(start * 1e9), int(latency * 1e6), backend, status)
+    return trace
+
+
+def test_time_to_90_percent_needs_a_sustained_rate() -> None:
+    ramp = [10, 20, 50, 95, 100, 100, 100, 100, 100, 100]
+    assert time_to_fraction(ramp, 0.1, 1000.0) == pytest.approx(0.4)
+    lucky = [95, 10, 10, 10, 10, 100, 100, 100, 100, 100]  # one fast bucket amid slow ones
+    assert time_to_fraction(lucky, 0.1, 1000.0) == pytest.approx(0.6)
+    assert time_to_fraction([10] * 20, 0.1, 1000.0) is None
+    assert time_to_fraction([], 0.1, 1000.0) is None
+
+
+def test_cold_start_analysis_of_a_synthetic_trace() -> None:
+    # 3 s: 200 req/s in the first second (slow, 40 ms), then 1000 req/s at 2 ms; one failure
+    points = [(i / 200, 40.0, 0, 200) for i in range(200)]
+    points += [(1.0 + i / 1000, 2.0, 0, 200) for i in range(2000)]
+    points.append((1.5, 1.0, 0, 0))
+    cold = analyse_cold_start(_trace(points), clients=1000, duration_s=3.0, early_s=1.0, warm_s=1.0)
+    assert cold["warm_rate"] == pytest.approx(1000, rel=0.01)
+    assert cold["warm_window_s"] == [2.0, 3.0] and cold["every_client_seen_before_warm_window"] is True
+    # the answers of the first second arrive from 40 ms on; the fast ones from 1.002 s
+    assert cold["time_to_90_s"] == pytest.approx(1.1)
+    assert cold["early_latency_ms"]["p99"] == pytest.approx(40.0)
+    assert len(cold["buckets"]) == 30 and sum(cold["buckets"]) == 2200 - 2  # the last two arrive after 3 s
+    assert analyse_cold_start(_trace(points), clients=5000, duration_s=3.0, warm_s=1.0)[
+        "every_client_seen_before_warm_window"] is False
+    goals = cold_start_goals(cold, argon2_runs=0.0)
+    assert [g["met"] for g in goals] == [True, True, True]
+
+
+def test_share_window_and_per_backend_series_of_a_synthetic_trace() -> None:
+    # A alone for 2 s; B from 2 s on, slow (30 ms) until 3 s, then fast (2 ms), half the answers
+    points = [(i / 100, 2.0, 0, 200) for i in range(600)]
+    points += [(2.0 + i / 100, 30.0 if i < 100 else 2.0, 1, 200) for i in range(400)]
+    trace = _trace(points, ("A", "B"))
+    window = first_share_window(trace, 1, from_s=2.0, end_s=6.0)
+    # [3.0, 4.0) still holds the slow answers of requests started just before 3 s: its p99 is 30 ms
+    assert window is not None and window.start_s == pytest.approx(3.1) and window.share == pytest.approx(0.5)
+    scale = analyse_scale_out(trace, start_command_s=1.0, healthz_s=2.0, end_s=6.0)
+    assert scale["start_to_healthz_s"] == pytest.approx(1.0)
+    assert scale["start_to_share_s"] == pytest.approx(3.1)
+    series = scale["per_backend_series"]
+    assert set(series[0]["backends"]) == {"A"} and set(series[4]["backends"]) == {"A", "B"}
+    assert series[4]["backends"]["B"]["requests"] == 100 and series[4]["backends"]["B"]["p99_ms"] == 2.0
+
+
+class _Quick(asyncio.Protocol):
+    """Answers each request at once (keep-alive, or closing on Connection: close)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for _ in range(data.count(b"\r\n\r\n")):
+            if b"Connection: close" in data:
+                self.transport.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+                self.transport.close()
+                return
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+@contextlib.asynccontextmanager
+async def _quick_server(tls: ssl.SSLContext | None = None) -> AsyncIterator[int]:
+    server = await asyncio.get_running_loop().create_server(_Quick, "127.0.0.1", 0, ssl=tls)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_the_round_robin_front_gives_a_joining_backend_its_share() -> None:
+    async with _quick_server() as port_a, _quick_server() as port_b:
+        req = build_request("GET", "/", f"127.0.0.1:{port_a}")
+        cfg = LoadConfig("127.0.0.1", port_a, connections=4, duration=1.2, rate=500.0, drain=0.5,
+                         trace=True, name="rr")
+        load = Load(cfg, CycleSource([req], "rr"))
+
+        async def join() -> None:
+            await load.started.wait()
+            await asyncio.sleep(0.4)
+            assert await load.add_backend("127.0.0.1", port_b, 4) == 1
+
+        joiner = asyncio.create_task(join())
+        result = await load.run()
+        await joiner
+    trace = result.trace
+    assert trace is not None and trace.backends == ["A", "B"] and result.errors == 0
+    joined_at = min(trace.start_us[i] for i in range(len(trace)) if trace.backend[i] == 1)
+    assert joined_at >= 400_000
+    before = [trace.backend[i] for i in range(len(trace)) if trace.start_us[i] < joined_at]
+    after = [trace.backend[i] for i in range(len(trace)) if trace.start_us[i] >= joined_at]
+    assert set(before) == {0}
+    assert abs(after.count(0) - after.count(1)) <= 2  # strict alternation, give or take the edges
+    assert len(trace) == result.schedule["due"] if result.schedule else False
+
+
+def test_a_certificate_is_made_and_requests_carry_connection_close(tmp_path: Path) -> None:
+    files = make_certificate(tmp_path)
+    text = subprocess.run(["openssl", "x509", "-in", str(files.certfile), "-noout", "-text"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "prime256v1" in text and "IP Address:127.0.0.1" in text
+    assert files.keyfile.stat().st_mode & 0o077 == 0
+    req = with_connection_close(build_request("GET", "/x", "h:1"))
+    assert req == b"GET /x HTTP/1.1\r\nConnection: close\r\nHost: h:1\r\n\r\n"
+
+
+@pytest.mark.parametrize("new_connection", [False, True])
+async def test_the_generator_speaks_tls(tmp_path: Path, new_connection: bool) -> None:
+    files = make_certificate(tmp_path)
+    async with _quick_server(files.server_context()) as port:
+        req = build_request("GET", "/", f"127.0.0.1:{port}")
+        cfg = LoadConfig("127.0.0.1", port, connections=2, duration=0.5, drain=0.5,
+                         tls=files.client_context(), new_connection=new_connection, name="tls")
+        source: Source = CycleSource([req], "tls")
+        result = await run_load(cfg, ConnectionCloseSource(source) if new_connection else source)
+    assert result.requests > 0 and result.errors == 0
+    if new_connection:
+        assert result.connections_opened >= result.requests - 2
+    else:
+        assert result.connections_opened == 0 and "reconnects" not in result.transport_errors
+
+
+async def test_a_tls_run_with_a_handshake_per_request_against_tokensvc(tmp_path: Path) -> None:
+    out = tmp_path / "tls.json"
+    opts = RunOptions(scenario="client_credentials", duration=1.0, warmup=0.2, connections=4, tls=True,
+                      new_connection=True, settings=dict(FAST), ceiling_seconds=0.3, output=out, quiet=True)
+    doc = await execute(opts, run_argv(opts))
+    assert doc["target"]["url"].startswith("https://127.0.0.1:")
+    assert doc["load"]["tls"] is True and doc["load"]["new_connection_per_request"] is True
+    assert doc["summary"]["requests"] > 0 and doc["summary"]["errors"] == 0
+    assert doc["load"]["connections_opened"] > 0
+    assert doc["ceiling"]["tls"] is True and doc["ceiling"]["new_connection_per_request"] is True
+    assert "--tls --new-connection-per-request" in doc["command"]
+
+
+async def test_cold_start_loads_a_new_instance_of_the_same_deployment(tmp_path: Path) -> None:
+    out = tmp_path / "cold.json"
+    opts = RunOptions(scenario="cold_start", clients=20, duration=1.0, connections=4, ceiling_seconds=0,
+                      output=out, quiet=True)
+    doc = await execute(opts, run_argv(opts))
+    cold = doc["cold_start"]
+    assert doc["target"]["second_url"] != doc["target"]["url"]
+    assert doc["summary"]["errors"] == 0 and doc["summary"]["requests"] > 20
+    assert cold["start_to_healthz_s"] > 0 and cold["every_client_seen_before_warm_window"] is True
+    assert cold["argon2_client_secret_runs"] is not None and cold["secret_cache_hits"] is not None
+    assert doc["hash_cost"]["cheap_setup_cost"] is True and doc["hash_cost"]["password_time_cost"] == "1"
+    assert len(cold["buckets"]) == 10 and {g["goal"][:4] for g in cold["goals"]} == {">= 9", "p99 ", "argo"}
+    for key in REQUIRED_KEYS:
+        assert key in load_result(out)
+
+
+async def test_scale_out_starts_b_under_load_and_puts_it_into_the_round_robin(tmp_path: Path) -> None:
+    opts = RunOptions(scenario="scale_out", clients=10, rate=200.0, duration=2.5, join_at=0.1, connections=2,
+                      output=tmp_path / "scale.json", quiet=True)
+    doc = await execute(opts, run_argv(opts))
+    scale = doc["scale_out"]
+    assert doc["summary"]["errors"] == 0 and doc["load"]["mode"] == "open"
+    assert scale["peak"] is None and scale["rate"] == 200.0
+    assert scale["start_to_healthz_s"] > 0 and scale["in_rotation_s"] >= scale["healthz_s"]
+    answered_by_b = sum(p["backends"].get("B", {}).get("requests", 0) for p in scale["per_backend_series"])
+    assert answered_by_b > 0
+    assert scale["instance_b_metrics"] is not None
+
+
+def test_option_combinations_that_cannot_be_measured_are_refused() -> None:
+    for opts in (RunOptions(new_connection=True, rate=100.0), RunOptions(tls=True, reference="static"),
+                 RunOptions(scenario="cold_start", url="http://127.0.0.1:1"),
+                 RunOptions(scenario="scale_out", duration=5.0, join_at=5.0),
+                 RunOptions(tls=True, url="https://127.0.0.1:1")):
+        with pytest.raises(SystemExit):
+            check_options(opts)
+    assert effective_settings(RunOptions(scenario="many_clients"))[1] is True
+    assert effective_settings(RunOptions(scenario="many_clients", real_hash_cost=True)) == ({}, False)
+    assert effective_settings(RunOptions(scenario="client_credentials")) == ({}, False)
+    kept = effective_settings(RunOptions(scenario="cold_start", settings={"password_time_cost": "3"}))[0]
+    assert kept == {"password_time_cost": "3", "password_memory_cost": "1024"}
+
+
+def test_the_suite_reports_the_fleet_figures_and_goals() -> None:
+    from bench.suite import summarise
+
+    def fleet_doc(tput: float, **extra: Any) -> dict[str, Any]:
+        d = _synthetic("x", tput, 10.0)
+        d.update(extra)
+        return d
+
+    cold = {"start_to_healthz_s": 0.8, "time_to_90_s": 0.3, "warm_rate": 9000.0,
+            "early_latency_ms": {"p50": 5.0, "p99": 20.0}, "argon2_client_secret_runs": 0.0,
+            "secret_cache_hits": 90000.0}
+    runs = {"cc": [fleet_doc(10000)], "many_clients": [fleet_doc(9500, workload={"clients": 20000})],
+            "cold_start": [fleet_doc(8000, cold_start=cold),
+                           fleet_doc(8000, cold_start={**cold, "time_to_90_s": None}),
+                           fleet_doc(8000, cold_start={**cold, "argon2_client_secret_runs": 3.0})],
+            "tls_handshake": [fleet_doc(600, cpu={"server": 0.5})]}
+    table, facts = summarise(runs)
+    goals = {g["goal"]: g for g in facts["goals"]}
+    assert goals["many clients >= 0.9x one-client client_credentials"]["met"] is True
+    assert goals["cold start: >= 90 % of the warm rate within 2 s"]["measured"] == "0.30 s"
+    assert goals["cold start: argon2 runs on the new process = 0"]["met"] is False
+    assert "(20,000 clients)" in table and "0.30 s, never, 0.30 s" in table
+    assert "| generator ceiling (same handshakes) | - | - |" in table
+    assert facts["fleet"]["tls_handshake"]["tokens/s per server CPU"] == 1200.0
+
+
+def test_cli_help_lists_the_fleet_options() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench", "run", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    for word in ("many_clients", "cold_start", "scale_out", "--clients", "--real-hash-cost", "--tls",
+                 "--new-connection-per-request", "--join-at", "--pin-second"):
+        assert word in out
