@@ -137,8 +137,9 @@ def analyse_cold_start(trace: Trace, clients: int, duration_s: float, bucket_s: 
     requests were sent before that window (the clients go in turn)."""
     warm_s = min(WARM_S, duration_s / 3) if warm_s is None else warm_s
     counts = bucket_counts(trace, bucket_s, duration_s)
-    warm_from = duration_s - warm_s
-    warm_buckets = counts[int(round(warm_from / bucket_s)):]
+    n_warm = min(len(counts), max(1, round(warm_s / bucket_s)))
+    warm_from = (len(counts) - n_warm) * bucket_s
+    warm_buckets = counts[len(counts) - n_warm:]
     warm_rate = sum(warm_buckets) / (len(warm_buckets) * bucket_s) if warm_buckets else 0.0
     sent_before_warm = sum(1 for s in trace.start_us if s < warm_from * US)
     early_to = min(early_s, duration_s)
@@ -147,7 +148,7 @@ def analyse_cold_start(trace: Trace, clients: int, duration_s: float, bucket_s: 
     first_rate = counts[0] / bucket_s if counts else 0.0
     return {
         "bucket_s": bucket_s,
-        "warm_window_s": [round(warm_from, 3), duration_s],
+        "warm_window_s": [round(warm_from, 3), round(len(counts) * bucket_s, 3)],
         "warm_rate": warm_rate,
         "every_client_seen_before_warm_window": sent_before_warm >= clients,
         "requests_before_warm_window": sent_before_warm,
@@ -479,6 +480,8 @@ async def execute_fleet(opts: RunOptions, argv: list[str]) -> dict[str, Any]:
     if cheap:
         notes.append("clients' secrets hashed at a cheap argon2 cost for set-up (t=1, m=1 MiB; "
                      "--real-hash-cost for the service's own)")
+    if opts.tls:
+        notes.append("TLS: keep-alive connections (one handshake each, before the load)")
     if opts.scenario == "cold_start" and opts.warmup:
         notes.append("no warm-up: the point is the process's first seconds")
     with contextlib.ExitStack() as stack:

@@ -134,6 +134,11 @@ def check_options(opts: RunOptions) -> None:
                          "HTTPS service give its https:// --url")
     if opts.scenario in FLEET_SCENARIOS and opts.url is not None:
         raise SystemExit(f"{opts.scenario} starts its own instances (no --url)")
+    if opts.scenario in FLEET_SCENARIOS and opts.new_connection:
+        raise SystemExit(f"{opts.scenario} loads over keep-alive connections "
+                         "(no --new-connection-per-request)")
+    if opts.scenario in FLEET_SCENARIOS and opts.profile is not None:
+        raise SystemExit(f"--profile does not follow {opts.scenario}'s second instance; profile a plain run")
     if opts.scenario == "scale_out" and opts.join_at >= opts.duration:
         raise SystemExit("--join-at must come before the end of --duration")
 
