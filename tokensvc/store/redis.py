@@ -12,6 +12,7 @@ import functools
 import logging
 import random
 import secrets
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, replace
@@ -124,9 +125,14 @@ def encode_record(kind: str, client_id: str, username: str | None, scope: str, g
 
 
 def _client_from(raw: bytes | str) -> Client:
+    """A client record. The words most clients share (grant types, scopes, the auth method) are
+    interned: a worker caches up to 100,000 records, and one copy of "client_credentials" per
+    record would be a third of each record's memory (deploy/SIZING.md)."""
     d = orjson.loads(raw)
-    for name in ("grant_types", "scopes", "redirect_uris"):
-        d[name] = tuple(d[name])
+    for name in ("grant_types", "scopes"):
+        d[name] = tuple(sys.intern(v) for v in d[name])
+    d["redirect_uris"] = tuple(d["redirect_uris"])
+    d["token_endpoint_auth_method"] = sys.intern(d["token_endpoint_auth_method"])
     return Client(**d)
 
 
