@@ -147,6 +147,12 @@ async def http(app_factory: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
+def data_keys(r: redis.Redis) -> list[bytes]:
+    """Every key but the fleet registry's, which each running worker renews on its own
+    (tokensvc/fleet.py): what a request stored, or did not."""
+    return [k for k in r.scan_iter() if not k.startswith(b"tsv:{fleet}:")]
+
+
 async def new_client(http: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
     """Create a client through the admin API; returns its JSON (secret included)."""
     body = {"name": "test client", "scopes": ["read", "write"], **fields}

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import ADMIN, SECRET_KEY, cc_token, new_client, new_user, password_token
+from tests.conftest import ADMIN, SECRET_KEY, cc_token, data_keys, new_client, new_user, password_token
 from tokensvc.store import keys
 from tokensvc.tokens import TokenCodec
 
@@ -72,7 +72,7 @@ ADMIN_ROUTES = [
 ], ids=["none", "wrong", "empty", "prefix", "longer", "basic"])
 async def test_admin_key_required(http: httpx.AsyncClient, redis_db: redis.Redis, method: str,
                                   path: str, authorization: str | None) -> None:
-    before = sorted(redis_db.scan_iter())
+    before = sorted(data_keys(redis_db))
     headers = {} if authorization is None else {"Authorization": authorization}
     resp = await http.request(method, path, headers=headers, json={"name": "x", "username": "x",
                                                                     "password": "12345678"})
@@ -80,7 +80,7 @@ async def test_admin_key_required(http: httpx.AsyncClient, redis_db: redis.Redis
     assert_error(resp, 401, "invalid_token", description)
     assert resp.headers["www-authenticate"] == (
         f'Bearer realm="tokensvc", error="invalid_token", error_description="{description}"')
-    assert sorted(redis_db.scan_iter()) == before
+    assert sorted(data_keys(redis_db)) == before
 
 
 async def test_a_client_token_is_not_the_admin_key(http: httpx.AsyncClient) -> None:
@@ -158,7 +158,7 @@ async def test_create_client_refuses_bad_values(http: httpx.AsyncClient, redis_d
                                                 doc: dict[str, Any], description: str) -> None:
     resp = await http.post("/admin/clients", headers=ADMIN, json=doc)
     assert_error(resp, 400, "invalid_request", description)
-    assert list(redis_db.scan_iter()) == []
+    assert list(data_keys(redis_db)) == []
 
 
 async def test_list_shows_only_active_clients(http: httpx.AsyncClient) -> None:
@@ -396,7 +396,7 @@ async def test_unknown_client_is_404(http: httpx.AsyncClient, redis_db: redis.Re
                                      path: str) -> None:
     resp = await http.request(method, path, headers=ADMIN, json={"name": "x"})
     assert_error(resp, 404, "not_found", "No such client.")
-    assert list(redis_db.scan_iter()) == []
+    assert list(data_keys(redis_db)) == []
 
 
 # -- users ------------------------------------------------------------------------------------
@@ -442,7 +442,7 @@ async def test_create_user_refuses_bad_values(http: httpx.AsyncClient, redis_db:
                                               doc: dict[str, Any], description: str) -> None:
     resp = await http.post("/admin/users", headers=ADMIN, json=doc)
     assert_error(resp, 400, "invalid_request", description)
-    assert list(redis_db.scan_iter()) == []
+    assert list(data_keys(redis_db)) == []
 
 
 async def test_patch_user_verified_and_password(http: httpx.AsyncClient) -> None:
@@ -533,15 +533,15 @@ async def test_bad_json_is_400(http: httpx.AsyncClient, redis_db: redis.Redis, m
                                body: bytes, description: str) -> None:
     client = await new_client(http)
     await new_user(http)
-    before = {k: redis_db.dump(k) for k in redis_db.scan_iter()}
+    before = {k: redis_db.dump(k) for k in data_keys(redis_db)}
     resp = await http.request(method, path.format(id=client["client_id"]), headers={
         **ADMIN, "Content-Type": "application/json"}, content=body)
     assert_error(resp, 400, "invalid_request", description)
-    assert {k: redis_db.dump(k) for k in redis_db.scan_iter()} == before
+    assert {k: redis_db.dump(k) for k in data_keys(redis_db)} == before
 
 
 async def test_admin_body_size_is_limited(http: httpx.AsyncClient, redis_db: redis.Redis) -> None:
     resp = await http.post("/admin/clients", headers=ADMIN,
                            json={"name": "n", "website": "https://a.example/" + "x" * 70000})
     assert_error(resp, 413, "invalid_request", "The body exceeds 65536 bytes.")
-    assert list(redis_db.scan_iter()) == []
+    assert list(data_keys(redis_db)) == []

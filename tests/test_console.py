@@ -22,7 +22,16 @@ import orjson
 import pytest
 import redis
 
-from tests.conftest import ADMIN_KEY, AppFactory, RedisServer, cc_token, make_settings, new_client, new_user
+from tests.conftest import (
+    ADMIN_KEY,
+    AppFactory,
+    RedisServer,
+    cc_token,
+    data_keys,
+    make_settings,
+    new_client,
+    new_user,
+)
 from tokensvc.app import create_app
 from tokensvc.hashing import Hasher
 from tokensvc.models import Client
@@ -120,7 +129,7 @@ async def sign_in(http: httpx.AsyncClient) -> Console:
 def snapshot(r: redis.Redis) -> dict[bytes, Any]:
     """Every key and its value (not its TTL: reading the session restarts its idle timeout)."""
     out: dict[bytes, Any] = {}
-    for key in r.scan_iter():
+    for key in data_keys(r):
         kind = r.type(key)
         if kind == b"string":
             out[key] = r.get(key)

@@ -20,6 +20,7 @@ from tests.conftest import (
     AppFactory,
     RedisServer,
     cc_token,
+    data_keys,
     introspect,
     new_client,
     new_user,
@@ -158,7 +159,7 @@ async def test_redis_stopped_then_restarted(app_factory: AppFactory, redis_serve
             redis_server.start()
         # The same app, not restarted: its connections come back by themselves. Redis kept no
         # data, so the clients, users and tokens are made again.
-        assert redis_db.dbsize() == 0
+        assert data_keys(redis_db) == []
         await assert_all_succeed(http)
         clients = http.app.state.services.clients  # type: ignore[attr-defined]
         assert isinstance(clients, ClientDirectory)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import ADMIN, AppFactory, RedisServer
+from tests.conftest import ADMIN, AppFactory, RedisServer, data_keys
 from tokensvc.store import keys
 
 SERVICE_SCOPES = ["read", "write", "offline_access"]  # the default scope_descriptions
@@ -70,7 +70,7 @@ async def test_closed_without_the_admin_key(http: httpx.AsyncClient, redis_db: r
     assert_error(resp, 401, "invalid_token", CLOSED)
     assert resp.headers["www-authenticate"] == (
         f'Bearer realm="tokensvc", error="invalid_token", error_description="{CLOSED}"')
-    assert list(redis_db.scan_iter()) == []
+    assert list(data_keys(redis_db)) == []
 
 
 async def test_gancio_form_with_the_admin_key(http: httpx.AsyncClient, redis_db: redis.Redis) -> None:
@@ -147,7 +147,7 @@ async def test_gancio_refuses_bad_fields(http: httpx.AsyncClient, redis_db: redi
                                          body: dict[str, str], description: str) -> None:
     resp = await http.post("/api/client", headers=ADMIN, data=body)
     assert_error(resp, 400, "invalid_request", description)
-    assert list(redis_db.scan_iter()) == []
+    assert list(data_keys(redis_db)) == []
 
 
 async def test_gancio_body_rules(http: httpx.AsyncClient, redis_db: redis.Redis) -> None:
@@ -168,7 +168,7 @@ async def test_gancio_body_rules(http: httpx.AsyncClient, redis_db: redis.Redis)
     resp = await http.post("/api/client", headers=ADMIN,
                            data={**GANCIO, "website": "https://a.example/" + "x" * 70000})
     assert_error(resp, 413, "invalid_request", "The body exceeds 65536 bytes.")
-    assert list(redis_db.scan_iter()) == []
+    assert list(data_keys(redis_db)) == []
 
 
 # -- RFC 7591 ---------------------------------------------------------------------------------
@@ -276,7 +276,7 @@ async def test_register_refuses_bad_metadata(http: httpx.AsyncClient, redis_db: 
                                              body: dict[str, Any], name: str, description: str) -> None:
     resp = await http.post("/oauth/register", headers=ADMIN, json=body)
     assert_error(resp, 400, name, description)
-    assert list(redis_db.scan_iter()) == []
+    assert list(data_keys(redis_db)) == []
 
 
 async def test_register_takes_json_only(http: httpx.AsyncClient, redis_db: redis.Redis) -> None:
@@ -292,7 +292,7 @@ async def test_register_takes_json_only(http: httpx.AsyncClient, redis_db: redis
         resp = await http.post("/oauth/register", content=body,
                                headers={**ADMIN, "Content-Type": "application/json"})
         assert_error(resp, 400, "invalid_request", description)
-    assert list(redis_db.scan_iter()) == []
+    assert list(data_keys(redis_db)) == []
 
 
 # -- open registration and its rate limit -----------------------------------------------------
@@ -366,7 +366,7 @@ async def test_rate_limit_per_address(app_factory: AppFactory, redis_db: redis.R
         redis_db.delete(keys.registrations("127.0.0.1"))
         assert (await http.post("/oauth/register", json=RFC7591)).status_code == 201
         # No raw address is kept in Redis.
-        assert not [k for k in redis_db.scan_iter() if b"10.0.0.2" in k or b"127.0.0.1" in k]
+        assert not [k for k in data_keys(redis_db) if b"10.0.0.2" in k or b"127.0.0.1" in k]
 
 
 async def test_closed_registration_counts_nothing(http: httpx.AsyncClient,
