@@ -262,6 +262,9 @@ class ClientDirectory:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure: stop trusting the cache, then retry
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # a stop, seen as a Redis error
+                    raise asyncio.CancelledError from exc
                 if self._live:
                     log.warning("invalidation channel lost (%s); client cache disabled", exc)
                 self._live = False

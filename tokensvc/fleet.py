@@ -21,6 +21,7 @@ the request path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -81,6 +82,7 @@ class Fleet:
         self.heartbeat = heartbeat
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.joined = False
+        self._stop = asyncio.Event()
 
     async def members(self) -> tuple[dict[str, Member], list[str], str | None]:
         """Live workers other than this one, the entries of workers that died without leaving,
@@ -158,8 +160,12 @@ class Fleet:
 
     async def run(self) -> None:
         """Beat for the life of the worker; a worker that could not join at start joins here,
-        and stops itself if its keys turn out not to match."""
-        while True:
+        and stops itself if its keys turn out not to match.
+
+        It ends on `leave()`, not only on cancellation: a cancellation that lands inside a
+        Redis command can come back as that command's error (redis-py's timeouts on Python
+        3.11), and a stopping worker would then wait for a loop that never ends."""
+        while not self._stop.is_set():
             try:
                 if not self.joined:
                     await self.join()
@@ -169,14 +175,18 @@ class Fleet:
                 log.critical("%s", exc)
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # Redis down or slow: beat again later
                 log.debug("fleet heartbeat failed: %s", exc)
-            await asyncio.sleep(self.heartbeat)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.heartbeat)
+
+    def stop(self) -> None:
+        """End `run` at its next step."""
+        self._stop.set()
 
     async def leave(self) -> None:
         """Drop this worker's entry at a clean stop, so the others need not wait it out."""
+        self.stop()
         try:
             await self.store.redis.hdel(WORKERS, self.worker_id)
         except (RedisError, OSError):
