@@ -165,6 +165,8 @@ async def test_every_token_key_expires(app_factory: AppFactory, redis_db: redis.
     permanent = {keys.CLIENTS_INDEX.encode(), keys.USERS_INDEX.encode(), keys.CLIENT_NAMES.encode(),
                  keys.CLIENTS_USED.encode()}
     permanent |= {keys.client(c["client_id"]).encode() for c in clients}
+    # The key the deployment signs with, by fingerprint (the workers' registry left with them).
+    permanent.add(b"tsv:{fleet}:signing")
     permanent |= {keys.user(name).encode() for name in PASSWORDS}
     # A failure counter lasts until an admin unlocks (lockout_period 0) or the next good login.
     permanent.add(keys.user_failures("carol").encode())
