@@ -20,6 +20,20 @@ from tokensvc.services import Services
 audit = logging.getLogger("tokensvc.audit")
 
 
+# Far past any real listing, and far inside Redis' 64-bit ranges: a larger offset is a mistake
+# (or a probe), answered 400 rather than passed on to a Redis that would refuse it.
+MAX_OFFSET = 10**9
+
+
+def _paging(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 12 or not low <= int(raw) <= high:
+        raise InvalidRequest(f"'{name}' must be an integer from {low} to {high}.")
+    return int(raw)
+
+
 class AdminEndpoints:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
@@ -34,7 +48,7 @@ class AdminEndpoints:
             raise InvalidToken("The admin key is missing or wrong.")
 
     async def _doc(self, request: Request) -> dict[str, Any]:
-        body = await read_body(request, self.svc.settings.max_body_size)
+        body = await read_body(request, self.svc.settings.max_body_size, self.svc.settings.request_timeout)
         try:
             doc = orjson.loads(body or b"{}")
         except orjson.JSONDecodeError:
@@ -49,13 +63,8 @@ class AdminEndpoints:
             client, secret = await self.registry.create_client(await self._doc(request))
             audit.info("admin created client %s", client.client_id)
             return json_response(client_view(client, secret), 201, no_store=True)
-        try:
-            offset = int(request.query_params.get("offset", "0"))
-            limit = int(request.query_params.get("limit", "100"))
-        except ValueError:
-            raise InvalidRequest("offset and limit must be integers.") from None
-        if offset < 0 or not 1 <= limit <= 1000:
-            raise InvalidRequest("offset must be >= 0 and limit between 1 and 1000.")
+        offset = _paging(request, "offset", 0, 0, MAX_OFFSET)
+        limit = _paging(request, "limit", 100, 1, 1000)
         found, total = await self.svc.store.list_clients(offset, limit)
         return json_response({"clients": [client_view(c) for c in found], "total": total,
                               "offset": offset, "limit": limit})

@@ -25,8 +25,10 @@ from tokensvc.discovery import DiscoveryEndpoints
 from tokensvc.errors import OAuthError, StoreUnavailable
 from tokensvc.fleet import KeyMismatch
 from tokensvc.hotpath import Endpoint, HotPaths
+from tokensvc.httpprotocol import HeaderDeadlineProtocol
 from tokensvc.metrics import Receive, Scope, Send
 from tokensvc.oauth import OAuthEndpoints
+from tokensvc.outage import OUTAGE
 from tokensvc.principal import PrincipalEndpoints
 from tokensvc.registration import RegistrationEndpoints
 from tokensvc.responses import (
@@ -55,6 +57,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     console = Console(svc, admin.registry)
 
     metrics_mod.configure(settings.metrics, settings.metrics_client_label)
+    HeaderDeadlineProtocol.configure(settings)
 
     openapi_body = orjson.dumps(openapi.document(settings.issuer_url))
 
@@ -95,8 +98,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/admin/clients/{client_id}", admin.client, methods=["GET", "PATCH", "DELETE"]),
         Route("/admin/clients/{client_id}/secret", admin.client_secret, methods=["POST"]),
         Route("/admin/users", admin.users, methods=["POST"]),
-        Route("/admin/users/{username}", admin.user, methods=["GET", "PATCH", "DELETE"]),
-        Route("/admin/users/{username}/unlock", admin.unlock, methods=["POST"]),
+        # `:path`: a username may hold '/' (sent as %2F, which the path arrives decoded from).
+        Route("/admin/users/{username:path}/unlock", admin.unlock, methods=["POST"]),
+        Route("/admin/users/{username:path}", admin.user, methods=["GET", "PATCH", "DELETE"]),
         Route("/api/client", registration.api_client, methods=["POST"]),
         Route("/oauth/register", registration.register, methods=["POST"]),
     ]
@@ -147,7 +151,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return error_response(exc)
 
     async def on_store_unavailable(request: Request, exc: Exception) -> Response:
-        log.warning("storage unavailable: %s", exc)
+        OUTAGE.refused(exc)
         return unavailable_response(settings.retry_after)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:

@@ -283,7 +283,8 @@ class AuthorizeEndpoints:
 
     async def authorize(self, request: Request) -> Response:
         try:
-            if request.method == "GET":
+            # HEAD is GET without the body (RFC 9110 §9.3.2); Starlette sends none for it.
+            if request.method in ("GET", "HEAD"):
                 return await self._get(request)
             return await self._post(request)
         except ErrorPage as exc:
@@ -352,7 +353,8 @@ class AuthorizeEndpoints:
         if ctype != "application/x-www-form-urlencoded":
             raise ErrorPage("The form was not sent as a form.", 415)
         try:
-            return _multi(parse_form(await read_body(request, self.settings.max_body_size)))
+            body = await read_body(request, self.settings.max_body_size, self.settings.request_timeout)
+            return _multi(parse_form(body))
         except OAuthError as exc:
             raise ErrorPage(exc.description, exc.status_code) from None
 
@@ -393,7 +395,7 @@ class AuthorizeEndpoints:
     async def logout(self, request: Request) -> Response:
         """End the session. POST with the CSRF token; GET shows the button that does it."""
         session = await self.session(request)
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):
             if session is None:
                 return self.page("logged_out.html")
             return self.page("logout.html", csrf=self.csrf_for(session.session_id),

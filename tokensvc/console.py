@@ -23,6 +23,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from tokensvc.admin import MAX_OFFSET
 from tokensvc.errors import OAuthError
 from tokensvc.models import GRANT_TYPES, Client
 from tokensvc.pages import Pages, static_file
@@ -99,7 +100,8 @@ class Console:
         ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if ctype != "application/x-www-form-urlencoded":
             return {}
-        pairs = parse_form(await read_body(request, self.svc.settings.max_body_size))
+        pairs = parse_form(await read_body(request, self.svc.settings.max_body_size,
+                                                self.svc.settings.request_timeout))
         out: dict[str, str] = {}
         for name, value in pairs:
             if name == "grant_types":
@@ -183,7 +185,8 @@ class Console:
             # column was asked for; say so rather than label them "created" and show Z to A.
             sort, descending = "name", False
         try:
-            page = max(1, int(q.get("page", "1")))
+            # A page past any real listing is the last page (below), not a Redis range error.
+            page = min(max(1, int(q.get("page", "1"))), MAX_OFFSET // PAGE_SIZE)
         except ValueError:
             page = 1
         rows: list[tuple[Client, int]] = []

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from tokensvc import metrics
 from tokensvc.errors import OAuthError, StoreUnavailable
 from tokensvc.metrics import ASGIApp, Receive, Scope, Send
+from tokensvc.outage import OUTAGE
 from tokensvc.responses import crash_response, error_response, unavailable_response
 
 log = logging.getLogger("tokensvc")
@@ -50,7 +51,7 @@ class HotPaths:
         except OAuthError as exc:
             response = error_response(exc)
         except StoreUnavailable as exc:
-            log.warning("storage unavailable: %s", exc)
+            OUTAGE.refused(exc)
             response = unavailable_response(self.retry_after)
         except Exception:
             log.exception("unhandled error on %s", path)

@@ -11,21 +11,24 @@ and of starting each further request, or it is closed.
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tokensvc.settings import Settings
 
-# Workers read their settings from the environment (`tokensvc serve` exports them).
-HEADER_SECONDS = float(os.environ.get("TOKENSVC_REQUEST_TIMEOUT", "") or Settings().request_timeout)
-
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     """Closes a connection whose request head has not arrived in time."""
 
+    # Set from the settings by create_app() (`configure`), which uvicorn runs in every worker
+    # before it accepts a connection: the one way the setting reaches the protocol.
+    header_seconds: float = Settings().request_timeout
     _deadline: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def configure(cls, settings: Settings) -> None:
+        cls.header_seconds = settings.request_timeout
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -45,7 +48,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def _arm(self) -> None:
-        self._deadline = self.loop.call_later(HEADER_SECONDS, self._expired)
+        self._deadline = self.loop.call_later(self.header_seconds, self._expired)
 
     def _disarm(self) -> None:
         if self._deadline is not None:

@@ -87,22 +87,13 @@ def parse_form(body: bytes) -> list[tuple[str, str]]:
         raise InvalidRequest("The form body is not valid UTF-8 percent-encoding.") from None
 
 
-# uvicorn bounds the idle time between requests on a connection (timeout_keep_alive), not the
-# time a request body takes to arrive: without this, a client that sends headers and then a
-# body that never completes holds a connection and a task for as long as it likes.
-DEFAULT_REQUEST_TIMEOUT = 10.0
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed the limit (`max_body_size`),
+    and with 408 when it has not arrived in full within `timeout` (`request_timeout`).
 
-
-def _request_timeout(request: Request) -> float:
-    """The app's setting; the hot paths (hotpath.py) pass theirs, having no `app` in the scope."""
-    state = getattr(request.scope.get("app"), "state", None)
-    settings = getattr(getattr(state, "services", None), "settings", None)
-    return float(getattr(settings, "request_timeout", DEFAULT_REQUEST_TIMEOUT))
-
-
-async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed the limit, and with 408 when
-    it has not arrived in full within the `request_timeout` setting."""
+    uvicorn bounds the idle time between requests on a connection (timeout_keep_alive), not the
+    time a request body takes to arrive: without this, a client that sends headers and then a
+    body that never completes holds a connection and a task for as long as it likes."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -111,7 +102,7 @@ async def read_body(request: Request, limit: int, timeout: float | None = None) 
             raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
     chunks: list[bytes] = []
     size = 0
-    seconds = _request_timeout(request) if timeout is None else timeout
+    seconds = timeout
     try:
         async with asyncio.timeout(seconds):
             async for chunk in request.stream():
@@ -124,7 +115,7 @@ async def read_body(request: Request, limit: int, timeout: float | None = None) 
     return b"".join(chunks)
 
 
-async def read_params(request: Request, limit: int, timeout: float | None = None) -> Params:
+async def read_params(request: Request, limit: int, timeout: float) -> Params:
     """The body's parameters; 415 for other media types, 413 beyond the limit, 408 too slow."""
     body = await read_body(request, limit, timeout)
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()

@@ -122,7 +122,7 @@ class RegistrationEndpoints:
     async def _document(self, request: Request, *, form: bool) -> dict[str, Any]:
         """The body as a document: a JSON object, or (Gancio, `form`) a form, whose repeated
         parameters are refused by params.py. 413 beyond the size limit, 415 for other types."""
-        body = await read_body(request, self.settings.max_body_size)
+        body = await read_body(request, self.settings.max_body_size, self.settings.request_timeout)
         ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if ctype == "application/json":
             return _json_object(body) if body.strip() or not form else {}

@@ -25,6 +25,17 @@ _CONFIG_INTS = ("access_token_ttl", "refresh_token_ttl", "max_user_login_attempt
 # Ten years: a lifetime must fit Redis' PX and the 64-bit `exp` of a token record.
 _EDITABLE = ("name", "redirect_uris", "scopes", "grant_types", "website",
              "reuse_tokens", "require_verified_users", *_CONFIG_INTS)
+_CREATABLE = (*_EDITABLE, "token_endpoint_auth_method")
+_USER_FIELDS = ("username", "password", "verified")
+
+
+def _known_fields(doc: Mapping[str, Any], known: tuple[str, ...], verb: str) -> None:
+    """A misspelt field (`grant_type`, `scope`, `redirect_uri`) must not silently become the
+    default: name it, and what is accepted."""
+    unknown = sorted(set(doc) - set(known))
+    if unknown:
+        raise InvalidRequest(f"Cannot {verb}: {', '.join(repr(u[:64]) for u in unknown[:5])}; "
+                             f"the fields are {', '.join(known)}.")
 
 
 def new_client_id() -> str:
@@ -164,6 +175,7 @@ class Registry:
 
     async def create_client(self, doc: Mapping[str, Any]) -> tuple[Client, str | None]:
         """A new client and its secret (None for public clients), which is never shown again."""
+        _known_fields(doc, _CREATABLE, "set")
         method = doc.get("token_endpoint_auth_method", "client_secret_basic")
         if method not in AUTH_METHODS:
             raise InvalidRequest(f"token_endpoint_auth_method must be one of {', '.join(AUTH_METHODS)}.")
@@ -197,9 +209,7 @@ class Registry:
         return client
 
     async def update_client(self, client_id: str, doc: Mapping[str, Any]) -> Client:
-        unknown = set(doc) - set(_EDITABLE)
-        if unknown:
-            raise InvalidRequest(f"Cannot change: {', '.join(sorted(unknown))}.")
+        _known_fields(doc, _EDITABLE, "change")
         current = await self.client(client_id)
         changes: dict[str, Any] = _config(doc)
         if "name" in doc:
@@ -237,6 +247,7 @@ class Registry:
         return await self.hasher.hash(password)
 
     async def create_user(self, doc: Mapping[str, Any]) -> User:
+        _known_fields(doc, _USER_FIELDS, "set")
         username = _text(doc, "username", required=True) or ""
         verified = doc.get("verified", False)
         if not isinstance(verified, bool):
@@ -253,9 +264,7 @@ class Registry:
         return user, failures
 
     async def update_user(self, username: str, doc: Mapping[str, Any]) -> User:
-        unknown = set(doc) - {"verified", "password"}
-        if unknown:
-            raise InvalidRequest(f"Cannot change: {', '.join(sorted(unknown))}.")
+        _known_fields(doc, ("verified", "password"), "change")
         user, _ = await self.user(username)
         changes: dict[str, Any] = {}
         if "verified" in doc:

@@ -31,6 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
 from tokensvc import metrics
 from tokensvc.errors import StoreUnavailable
 from tokensvc.models import Client, TokenRecord, User
+from tokensvc.outage import OUTAGE
 from tokensvc.store import keys
 from tokensvc.store.fastredis import FastRedis
 
@@ -55,6 +56,8 @@ def map_redis_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]
             metrics.store_operation(operation, time.perf_counter() - start, True)
             raise StoreUnavailable(type(exc).__name__) from exc
         metrics.store_operation(operation, time.perf_counter() - start, False)
+        if OUTAGE.active:
+            OUTAGE.recovered()
         return result
 
     return wrapper
