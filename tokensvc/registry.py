@@ -34,8 +34,7 @@ def _known_fields(doc: Mapping[str, Any], known: tuple[str, ...], verb: str) -> 
     default: name it, and what is accepted."""
     unknown = sorted(set(doc) - set(known))
     if unknown:
-        raise InvalidRequest(f"Cannot {verb}: {', '.join(repr(u[:64]) for u in unknown[:5])}; "
-                             f"the fields are {', '.join(known)}.")
+        raise InvalidRequest(f"Cannot {verb}: {', '.join(u[:64] for u in unknown[:5])}.")
 
 
 def new_client_id() -> str:
