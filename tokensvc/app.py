@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -24,20 +23,12 @@ from tokensvc.console import Console
 from tokensvc.discovery import DiscoveryEndpoints
 from tokensvc.errors import OAuthError, StoreUnavailable
 from tokensvc.fleet import KeyMismatch
-from tokensvc.hotpath import Endpoint, HotPaths
+from tokensvc.hotpath import HotPaths, HotRoute, response_for
 from tokensvc.httpprotocol import HeaderDeadlineProtocol
 from tokensvc.metrics import Receive, Scope, Send
 from tokensvc.oauth import OAuthEndpoints
-from tokensvc.outage import OUTAGE
 from tokensvc.principal import PrincipalEndpoints
 from tokensvc.registration import RegistrationEndpoints
-from tokensvc.responses import (
-    crash_response,
-    error_body,
-    error_response,
-    json_response,
-    unavailable_response,
-)
 from tokensvc.services import Services
 from tokensvc.settings import Settings
 
@@ -69,10 +60,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return Response(metrics_mod.exposition(), media_type=metrics_mod.CONTENT_TYPE_LATEST)
 
     routes = [
-        Route("/oauth/token", oauth.token, methods=["POST"]),
-        Route("/oauth/v2/token", oauth.token, methods=["POST"]),
+        HotRoute("/oauth/token", oauth.token),
+        HotRoute("/oauth/v2/token", oauth.token),
         Route("/oauth/revoke", oauth.revoke, methods=["POST"]),
-        Route("/oauth/introspect", oauth.introspect, methods=["POST"]),
+        HotRoute("/oauth/introspect", oauth.introspect),
         Route("/oauth/authorize", authorize.authorize, methods=["GET", "POST"]),
         Route("/authorize", authorize.authorize, methods=["GET", "POST"]),
         Route("/oauth/logout", authorize.logout, methods=["GET", "POST"]),
@@ -146,38 +137,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await svc.fleet.leave()
             await svc.store.close()
 
-    async def on_oauth_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, OAuthError)
-        return error_response(exc)
-
-    async def on_store_unavailable(request: Request, exc: Exception) -> Response:
-        OUTAGE.refused(exc)
-        return unavailable_response(settings.retry_after)
-
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
-        return json_response(error_body(code, str(exc.detail)), exc.status_code, exc.headers)
-
-    async def on_crash(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s", request.url.path)
-        return crash_response()
+    async def on_error(request: Request, exc: Exception) -> Response:
+        return response_for(exc, settings.retry_after, request.url.path)
 
     app = App(
         routes=routes,
-        middleware=[Middleware(metrics_mod.MetricsMiddleware)] if settings.metrics else [],
         lifespan=lifespan,
-        exception_handlers={
-            OAuthError: on_oauth_error,
-            StoreUnavailable: on_store_unavailable,
-            HTTPException: on_http_error,
-            Exception: on_crash,
-        },
+        # One mapping for both ways in (hotpath.response_for); the metrics are the front door's.
+        exception_handlers={OAuthError: on_error, StoreUnavailable: on_error,
+                            HTTPException: on_error, Exception: on_error},
     )
     app.state.services = svc
-    hot: dict[str, Endpoint] = {"/oauth/token": oauth.token, "/oauth/v2/token": oauth.token,
-                                "/oauth/introspect": oauth.introspect}
-    app.hot = HotPaths(functools.partial(Starlette.__call__, app), hot, settings.retry_after)
+    app.hot = HotPaths(functools.partial(Starlette.__call__, app), routes, settings.retry_after)
     return app
 
 

@@ -20,7 +20,6 @@ import asyncio
 import bisect
 import os
 import platform
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -295,39 +294,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class MetricsMiddleware:
-    """Pure ASGI: request count, latency and in-flight by route template, method and status class.
-
-    The route template is read after routing (Starlette leaves the matched route in the scope),
-    so a path full of client ids is counted once as `/admin/clients/{client_id}`; an unmatched
-    path is "unmatched", never the raw path.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not ENABLED:
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        request_started()
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = scope.get("route")
-            request_finished(getattr(route, "path", "unmatched"), scope["method"], status,
-                             time.perf_counter() - start)
-
-
 def request_started() -> None:
     global _in_flight
     _in_flight += 1
@@ -346,4 +312,4 @@ def request_finished(route: str, method: str, status: int, seconds: float) -> No
 _STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
-__all__ = ["CONTENT_TYPE_LATEST", "MetricsMiddleware", "configure", "exposition"]
+__all__ = ["CONTENT_TYPE_LATEST", "configure", "exposition"]
