@@ -23,6 +23,7 @@ from tokensvc.console import Console
 from tokensvc.discovery import DiscoveryEndpoints
 from tokensvc.errors import OAuthError, StoreUnavailable
 from tokensvc.fleet import KeyMismatch
+from tokensvc.grants import GRANT_TYPES
 from tokensvc.hotpath import HotPaths, HotRoute, response_for
 from tokensvc.httpprotocol import HeaderDeadlineProtocol
 from tokensvc.metrics import Receive, Scope, Send
@@ -47,7 +48,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     authorize = AuthorizeEndpoints(svc)
     console = Console(svc, admin.registry)
 
-    metrics_mod.configure(settings.metrics, settings.metrics_client_label)
+    metrics_mod.configure(settings.metrics, settings.metrics_client_label, GRANT_TYPES)
     HeaderDeadlineProtocol.configure(settings)
 
     openapi_body = orjson.dumps(openapi.document(settings.issuer_url))

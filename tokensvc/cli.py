@@ -33,10 +33,10 @@ from uvicorn.config import LOGGING_CONFIG
 
 from tokensvc import __version__, settings as settings_mod
 from tokensvc.errors import OAuthError, StoreUnavailable
+from tokensvc.grants import GRANT_TYPES
 from tokensvc.hashing import Hasher
 from tokensvc.httpprotocol import HeaderDeadlineProtocol
 from tokensvc.keyring import Keyring
-from tokensvc.models import GRANT_TYPES
 from tokensvc.registry import Registry, client_view, user_view
 from tokensvc.settings import ENV_PREFIX, OPTIONS, Option, Settings, SettingsError
 from tokensvc.store.embedded import EmbeddedRedis, EmbeddedRedisError, running_url

@@ -25,7 +25,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from tokensvc.admin import MAX_OFFSET
 from tokensvc.errors import OAuthError
-from tokensvc.models import GRANT_TYPES, Client
+from tokensvc.grants import GRANT_TYPES
+from tokensvc.models import Client
 from tokensvc.pages import Pages, static_file
 from tokensvc.params import parse_form, read_body
 from tokensvc.registry import Registry

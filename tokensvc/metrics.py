@@ -87,17 +87,19 @@ BUILD_INFO = Gauge("tokensvc_build_info", "Version of tokensvc, Python and redis
 # Store operations register here as they are defined (store/redis.py), so their series exist
 # from the start.
 STORE_OPERATIONS: set[str] = set()
-GRANT_TYPES = ("authorization_code", "client_credentials", "password", "refresh_token")
+# The grant registry's wire names (tokensvc.grants), given by create_app: series exist from 0.
+GRANT_TYPES: tuple[str, ...] = ()
 
 ENABLED = True
 CLIENT_LABEL = False
 _clients_named: set[str] = set()
 
 
-def configure(enabled: bool, client_label: bool) -> None:
+def configure(enabled: bool, client_label: bool, grant_types: tuple[str, ...] = ()) -> None:
     """Switch recording on or off for this worker; called once by create_app."""
-    global ENABLED, CLIENT_LABEL
+    global ENABLED, CLIENT_LABEL, GRANT_TYPES
     ENABLED = enabled
+    GRANT_TYPES = grant_types
     CLIENT_LABEL = client_label
     if os.environ.get(MULTIPROC_ENV) and values.ValueClass.__name__ != "MmapedValue":
         # prometheus-client picks its value store when first imported, which in `tokensvc

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-GRANT_TYPES = ("authorization_code", "client_credentials", "password", "refresh_token")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
 
 

@@ -14,8 +14,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tokensvc.errors import Conflict, InvalidRequest, NotFound
+from tokensvc.grants import GRANT_TYPES
 from tokensvc.hashing import Hasher
-from tokensvc.models import AUTH_METHODS, GRANT_TYPES, Client, User
+from tokensvc.models import AUTH_METHODS, Client, User
 from tokensvc.scopes import is_scope_token
 from tokensvc.settings import MAX_TTL
 from tokensvc.store.redis import RedisStore

@@ -15,9 +15,10 @@ import httpx
 import redis
 from playwright.async_api import BrowserContext, Error, Page, Response, expect
 
-from tests.browser.conftest import LiveServer
-from tests.conftest import ADMIN_KEY
-from tokensvc.models import GRANT_TYPES
+from tests.support.api import active
+from tests.support.config import ADMIN_KEY
+from tests.support.service import Service
+from tokensvc.grants import GRANT_TYPES
 from tokensvc.store import keys
 
 LOGIN = "/admin/console/login"
@@ -38,7 +39,7 @@ def query_of(page: Page) -> dict[str, list[str]]:
     return parse_qs(urlsplit(page.url).query)
 
 
-async def sign_in(page: Page, server: LiveServer) -> None:
+async def sign_in(page: Page, server: Service) -> None:
     """Open /admin, get sent to the sign-in form, type the admin key and land on the table."""
     await page.goto(f"{server.url}/admin")
     assert path_of(page) == LOGIN
@@ -48,13 +49,13 @@ async def sign_in(page: Page, server: LiveServer) -> None:
     await expect(page.get_by_role("heading", name="API clients")).to_be_visible()
 
 
-async def token(server: LiveServer, client_id: str, secret: str) -> httpx.Response:
+async def token(server: Service, client_id: str, secret: str) -> httpx.Response:
     async with server.http() as http:
         return await http.post("/oauth/token", auth=(client_id, secret),
                                data={"grant_type": "client_credentials"})
 
 
-async def password_grant(server: LiveServer, client: dict[str, Any], username: str,
+async def password_grant(server: Service, client: dict[str, Any], username: str,
                          password: str) -> httpx.Response:
     async with server.http() as http:
         return await http.post("/oauth/token", auth=(client["client_id"], client["client_secret"]),
@@ -62,17 +63,12 @@ async def password_grant(server: LiveServer, client: dict[str, Any], username: s
                                      "password": password})
 
 
-async def introspect(server: LiveServer, caller: dict[str, Any], access_token: str) -> bool:
+async def introspect(server: Service, caller: dict[str, Any], access_token: str) -> bool:
     async with server.http() as http:
-        resp = await http.post("/oauth/introspect", data={"token": access_token},
-                               auth=(caller["client_id"], caller["client_secret"]))
-    assert resp.status_code == 200, resp.text
-    active = resp.json()["active"]
-    assert isinstance(active, bool)
-    return active
+        return await active(http, caller, access_token)
 
 
-async def total_clients(server: LiveServer) -> int:
+async def total_clients(server: Service) -> int:
     resp = await server.admin("GET", "/admin/clients")
     assert resp.status_code == 200
     total = resp.json()["total"]
@@ -106,7 +102,7 @@ async def travel(page: Page, move: Callable[[], Awaitable[Response | None]]) -> 
     return await settle(page)
 
 
-async def wait_flushed(server: LiveServer, client_id: str) -> float:
+async def wait_flushed(server: Service, client_id: str) -> float:
     """Wait (at most FLUSH_WAIT_S) until the live server has written the client's last use."""
     deadline = time.monotonic() + FLUSH_WAIT_S
     with redis.Redis.from_url(server.redis_url) as r:
@@ -118,7 +114,7 @@ async def wait_flushed(server: LiveServer, client_id: str) -> float:
     raise AssertionError(f"client {client_id} was not flushed within {FLUSH_WAIT_S} s")
 
 
-async def logged(server: LiveServer, *lines: str) -> str:
+async def logged(server: Service, *lines: str) -> str:
     """The service's output once it holds every one of `lines` (it writes them as it goes)."""
     deadline = time.monotonic() + 5
     while not all(line in server.output for line in lines):
@@ -130,7 +126,7 @@ async def logged(server: LiveServer, *lines: str) -> str:
 # -- sign-in -------------------------------------------------------------------------------
 
 
-async def test_sign_in_with_the_admin_key_and_sign_out(live_server: LiveServer, page: Page,
+async def test_sign_in_with_the_admin_key_and_sign_out(live_server: Service, page: Page,
                                                        context: BrowserContext) -> None:
     await page.goto(f"{live_server.url}/admin")
     assert path_of(page) == LOGIN
@@ -165,7 +161,7 @@ async def test_sign_in_with_the_admin_key_and_sign_out(live_server: LiveServer, 
 # -- a client's life -----------------------------------------------------------------------
 
 
-async def test_client_lifecycle(live_server: LiveServer, page: Page, context: BrowserContext,
+async def test_client_lifecycle(live_server: Service, page: Page, context: BrowserContext,
                                 artifacts: Path) -> None:
     await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
     # Another client, to introspect this one's tokens with.
@@ -307,7 +303,7 @@ async def test_client_lifecycle(live_server: LiveServer, page: Page, context: Br
 # -- the table -----------------------------------------------------------------------------
 
 
-async def test_sort_search_and_last_used(live_server: LiveServer, page: Page, artifacts: Path) -> None:
+async def test_sort_search_and_last_used(live_server: Service, page: Page, artifacts: Path) -> None:
     made: dict[str, dict[str, Any]] = {}
     for name, fields in (
         ("delta Mobile", {"token_endpoint_auth_method": "none", "grant_types": ["authorization_code"],
@@ -384,7 +380,7 @@ async def test_sort_search_and_last_used(live_server: LiveServer, page: Page, ar
 # -- users ---------------------------------------------------------------------------------
 
 
-async def test_users(live_server: LiveServer, page: Page) -> None:
+async def test_users(live_server: Service, page: Page) -> None:
     app = await live_server.create_client(name="Mobile app", grant_types=["password"])
     await sign_in(page, live_server)
     await page.get_by_role("link", name="Users").click()

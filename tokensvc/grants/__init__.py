@@ -9,3 +9,6 @@ GRANTS: dict[str, Grant] = {
     g.grant_type: g for g in (authorization_code.GRANT, client_credentials.GRANT, password.GRANT,
                               refresh_token.GRANT)
 }
+# The one list of grant types: what clients may register, the console offers, the CLI names
+# and the metrics pre-create.
+GRANT_TYPES: tuple[str, ...] = tuple(sorted(GRANTS))
