@@ -9,7 +9,6 @@ either. Only a logged-in session (and a remembered consent) is written to Redis.
 from __future__ import annotations
 
 import hmac
-import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -21,7 +20,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from tokensvc import scopes
+from tokensvc import pkce, scopes
 from tokensvc.errors import InvalidGrant, InvalidScope, OAuthError, Throttled, UserLocked, UserNotVerified
 from tokensvc.models import Client, User
 from tokensvc.pages import Pages, static_file
@@ -36,8 +35,6 @@ STYLESHEET = static_file("tokensvc.css")
 # The parameters of an authorization request that the forms carry along.
 REQUEST_PARAMS = ("response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge",
                   "code_challenge_method", "prompt")
-# RFC 7636 §4.2: code_challenge = 43*128unreserved (S256 gives exactly 43).
-_CHALLENGE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
 _PROMPTS = ("none", "login", "consent")
 
 
@@ -190,23 +187,12 @@ class AuthorizeEndpoints:
             scope = scopes.grant(scopes.parse(req.raw.get("scope")), client.scopes)
         except InvalidScope as exc:
             raise RedirectError("invalid_scope", exc.description) from None
-        challenge = req.raw.get("code_challenge")
-        method = req.raw.get("code_challenge_method")
-        if challenge is None:
-            if method is not None:
-                raise RedirectError("invalid_request", "code_challenge_method without code_challenge.")
-            if client.is_public:
-                raise RedirectError("invalid_request",
-                                    "PKCE is required: send code_challenge with method S256.")
-        else:
-            method = method or "plain"  # RFC 7636 §4.3: the default when none is named
-            if method not in ("S256", "plain"):
-                raise RedirectError("invalid_request", "code_challenge_method must be S256.")
-            if method == "plain" and not self.settings.allow_plain_pkce:
-                raise RedirectError("invalid_request",
-                                    "code_challenge_method plain is not allowed; use S256.")
-            if _CHALLENGE.fullmatch(challenge) is None or (method == "S256" and len(challenge) != 43):
-                raise RedirectError("invalid_request", "code_challenge is malformed (RFC 7636 §4.2).")
+        try:
+            challenge, method = pkce.challenge(
+                req.raw.get("code_challenge"), req.raw.get("code_challenge_method"),
+                public=client.is_public, allow_plain=self.settings.allow_plain_pkce)
+        except pkce.PkceError as exc:
+            raise RedirectError("invalid_request", str(exc)) from None
         prompt = req.raw.get("prompt")
         if prompt is not None and prompt not in _PROMPTS:
             raise RedirectError("invalid_request", "prompt must be none, login or consent.")

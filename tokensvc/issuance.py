@@ -6,14 +6,12 @@ the authority on expiry.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import time
 from dataclasses import dataclass
 
 import orjson
 
-from tokensvc import metrics
+from tokensvc import metrics, pkce
 from tokensvc.clients import ClientDirectory
 from tokensvc.errors import InvalidGrant, InvalidScope
 from tokensvc.lru import LRU
@@ -53,12 +51,6 @@ class _Reused:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def pkce_s256(verifier: str) -> str:
-    """RFC 7636 §4.2: BASE64URL(SHA256(ASCII(code_verifier))), unpadded."""
-    raw = hashlib.sha256(verifier.encode("ascii", "replace")).digest()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 class TokenIssuer:
@@ -235,7 +227,7 @@ class TokenIssuer:
         rt_ttl = self.refresh_ttl(client) * 1000
         access = self.codec.mint(ACCESS, parsed.grant_id)
         refresh = self.codec.mint(REFRESH, parsed.grant_id)
-        s256 = "" if verifier is None else pkce_s256(verifier)
+        s256 = "" if verifier is None else pkce.s256(verifier)
         out = await self.store.redeem(parsed.grant_id, parsed.digest, access.digest, refresh.digest,
                                       client.client_id, redirect_uri, verifier or "", s256,
                                       at_ttl, rt_ttl, with_refresh)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
+from tokensvc import pkce
 from tokensvc.errors import InvalidGrant, InvalidRequest
 from tokensvc.grants.base import Grant, GrantContext
 from tokensvc.models import TokenResponse
 
 GRANT_TYPE = "authorization_code"
-# RFC 7636 §4.1: code-verifier = 43*128unreserved
-VERIFIER = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
 
 
 async def handle(ctx: GrantContext) -> TokenResponse:
@@ -21,9 +18,10 @@ async def handle(ctx: GrantContext) -> TokenResponse:
     if redirect_uri is None:
         # RFC 6749 §4.1.3: required when the authorization request carried one, which ours must.
         raise InvalidRequest("redirect_uri is required.")
-    verifier = ctx.params.get("code_verifier")
-    if verifier is not None and VERIFIER.fullmatch(verifier) is None:
-        raise InvalidRequest("code_verifier must be 43-128 unreserved characters (RFC 7636 §4.1).")
+    try:
+        verifier = pkce.verifier(ctx.params.get("code_verifier"))
+    except pkce.PkceError as exc:
+        raise InvalidRequest(str(exc)) from None
     if ctx.client.is_public and verifier is None:
         raise InvalidGrant("A public client must send its code_verifier (PKCE).")
     return await ctx.issuer.redeem(ctx.client, code, redirect_uri, verifier)

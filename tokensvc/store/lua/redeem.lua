@@ -1,4 +1,5 @@
 -- redeem.lua: RFC 6749 §4.1.3 code redemption with RFC 7636 PKCE, single use.
+-- PKCE's rules and the S256 transform are tokensvc/pkce.py's; this script only compares.
 -- KEYS[1]=code key  KEYS[2]=grant index  KEYS[3]=new access key  KEYS[4]=new refresh key
 -- (all in the code's {g:...} slot)
 -- ARGV[1]=client id  ARGV[2]=redirect_uri as sent  ARGV[3]=code_verifier ('' = none sent)
