@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Any
 
@@ -10,8 +9,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tokensvc.errors import InvalidRequest, InvalidToken
-from tokensvc.oauth import bearer
+from tokensvc.bearer import AdminKey
+from tokensvc.errors import InvalidRequest
 from tokensvc.params import read_body
 from tokensvc.registry import Registry, client_view, user_view
 from tokensvc.responses import json_response
@@ -40,12 +39,8 @@ class AdminEndpoints:
         self.registry = Registry(svc.store, svc.hasher, None if svc.settings.argon2_per_worker
                                  else svc.codec.keyring.secret_verifier)
         assert svc.settings.admin_key, "the admin API is never unprotected"
-        self._key = svc.settings.admin_key.encode("utf-8")
-
-    def _guard(self, request: Request) -> None:
-        token = bearer(request)
-        if token is None or not hmac.compare_digest(token.encode("utf-8"), self._key):
-            raise InvalidToken("The admin key is missing or wrong.")
+        self.key = AdminKey(svc.settings.admin_key)
+        self._guard = self.key.check
 
     async def _doc(self, request: Request) -> dict[str, Any]:
         body = await read_body(request, self.svc.settings.max_body_size, self.svc.settings.request_timeout)

@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tokensvc import metrics
+from tokensvc.bearer import bearer_token, claims
 from tokensvc.clientauth import authenticate
 from tokensvc.errors import (
     InvalidRequest,
@@ -25,13 +26,6 @@ from tokensvc.tokens import ACCESS, CODE, REFRESH
 
 _HINTS = (None, "access_token", "refresh_token")
 
-
-def bearer(request: Request) -> str | None:
-    """RFC 6750 §2.1: the token from `Authorization: Bearer ...`, if that is what was sent."""
-    header = request.headers.get("authorization")
-    if header is None or header[:7].lower() != "bearer ":
-        return None
-    return header[7:].strip() or None
 
 
 class OAuthEndpoints:
@@ -81,7 +75,7 @@ class OAuthEndpoints:
                 if name in params or len(request.query_params.getlist(name)) > 1:
                     raise InvalidRequest(f"The parameter '{name}' was sent more than once.")
                 params[name] = value
-        presented = bearer(request)
+        presented = bearer_token(request)
         username: str | None = None
         if presented is not None:
             caller = await svc.issuer.active(presented, ACCESS)
@@ -130,14 +124,6 @@ class OAuthEndpoints:
         body: dict[str, object] = {"active": True}
         if record.scope:  # RFC 7662 §2.2: optional; "" would read as one empty scope
             body["scope"] = record.scope
-        body.update({
-            "client_id": record.client_id,
-            "token_type": "Bearer" if record.kind == ACCESS else "refresh_token",
-            "exp": record.expires_at // 1000,
-            "iat": record.issued_at // 1000,
-            "sub": record.username or record.client_id,
-            "iss": svc.settings.issuer_url,
-        })
-        if record.username is not None:
-            body["username"] = record.username
+        body.update({"token_type": "Bearer" if record.kind == ACCESS else "refresh_token",
+                     "iss": svc.settings.issuer_url, **claims(record)})
         return json_response(body, no_store=True)

@@ -20,9 +20,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tokensvc.bearer import bearer_token
 from tokensvc.errors import InvalidRequest, OAuthError, Throttled, UnsupportedMediaType
 from tokensvc.models import Client
-from tokensvc.oauth import bearer
 from tokensvc.params import collect, json_object, parse_form, read_body
 from tokensvc.registry import _redirect_uri, _strings, _text
 from tokensvc.responses import json_response
@@ -95,7 +95,7 @@ class RegistrationEndpoints:
         self.svc = svc
         self.settings = svc.settings
         self.registry = admin.registry
-        self._admin_guard: Callable[[Request], None] = admin._guard
+        self._admin_guard: Callable[[Request], None] = admin.key.check
         self._default_scopes = [name for name, _ in svc.settings.scope_descriptions]
 
     async def _admit(self, request: Request) -> str:
@@ -107,7 +107,7 @@ class RegistrationEndpoints:
         Every anonymous attempt counts, refused ones too (bad metadata, 413, 415): each still
         costs the server work, and counting before the body is read means a flood of malformed
         requests cannot probe the validation for free."""
-        if bearer(request) is not None or not self.settings.open_registration:
+        if bearer_token(request) is not None or not self.settings.open_registration:
             self._admin_guard(request)
             return "admin key"
         # Behind a reverse proxy this is the proxy unless the server trusts its forwarded headers

@@ -1,0 +1,64 @@
+"""Bearer tokens (RFC 6750) and what a live token says about who holds it, in one module.
+
+Every HTTP module that reads `Authorization: Bearer ...` or describes a token's principal goes
+through here: the token and user-info endpoints (`POST /login`, `GET /oauth/userinfo`),
+introspection (RFC 7662), finAPI-style revocation, and the admin key's check, so the scheme's
+parsing, the 401's wording and the principal's claims cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+
+from tokensvc.errors import InvalidToken
+from tokensvc.issuance import TokenIssuer
+from tokensvc.models import TokenRecord
+from tokensvc.tokens import ACCESS
+
+
+def bearer_token(request: Request) -> str | None:
+    """RFC 6750 §2.1: the token from `Authorization: Bearer ...`, if that is what was sent."""
+    header = request.headers.get("authorization")
+    if header is None or header[:7].lower() != "bearer ":
+        return None
+    return header[7:].strip() or None
+
+
+async def access_token(request: Request, issuer: TokenIssuer) -> TokenRecord:
+    """The live access token the request presents; RFC 6750 §3.1 `invalid_token` otherwise
+    (missing, expired, revoked, unknown, or not an access token)."""
+    token = bearer_token(request)
+    if token is None:
+        raise InvalidToken("An access token is required (Authorization: Bearer ...).")
+    record = await issuer.active(token, ACCESS)
+    if record is None:
+        raise InvalidToken("The access token is invalid, expired or revoked.")
+    return record
+
+
+def claims(record: TokenRecord) -> dict[str, object]:
+    """Who a token speaks for, as introspection and the principal endpoints both say it: the
+    user, or the client itself for client_credentials; times in epoch seconds."""
+    out: dict[str, object] = {
+        "sub": record.username or record.client_id,
+        "client_id": record.client_id,
+        "iat": record.issued_at // 1000,
+        "exp": record.expires_at // 1000,
+    }
+    if record.username is not None:
+        out["username"] = record.username
+    return out
+
+
+class AdminKey:
+    """The admin API's bearer key, compared in constant time."""
+
+    def __init__(self, key: str) -> None:
+        self._key = key.encode("utf-8")
+
+    def check(self, request: Request) -> None:
+        token = bearer_token(request)
+        if token is None or not hmac.compare_digest(token.encode("utf-8"), self._key):
+            raise InvalidToken("The admin key is missing or wrong.")
