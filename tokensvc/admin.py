@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from tokensvc.bearer import AdminKey
 from tokensvc.errors import InvalidRequest
-from tokensvc.params import read_body
+from tokensvc.params import read_document
 from tokensvc.registry import Registry, client_view, user_view
 from tokensvc.responses import json_response
 from tokensvc.services import Services
@@ -43,14 +42,9 @@ class AdminEndpoints:
         self._guard = self.key.check
 
     async def _doc(self, request: Request) -> dict[str, Any]:
-        body = await read_body(request, self.svc.settings.max_body_size, self.svc.settings.request_timeout)
-        try:
-            doc = orjson.loads(body or b"{}")
-        except orjson.JSONDecodeError:
-            raise InvalidRequest("The body is not valid JSON.") from None
-        if not isinstance(doc, dict):
-            raise InvalidRequest("The JSON body must be an object.")
-        return doc
+        settings = self.svc.settings
+        return await read_document(request, settings.max_body_size, settings.request_timeout,
+                                   form=False)
 
     async def clients(self, request: Request) -> Response:
         self._guard(request)

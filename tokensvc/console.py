@@ -24,11 +24,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from tokensvc.admin import MAX_OFFSET
-from tokensvc.errors import OAuthError
+from tokensvc.errors import InvalidRequest, OAuthError
 from tokensvc.grants import GRANT_TYPES
 from tokensvc.models import Client
 from tokensvc.pages import Pages, static_file
-from tokensvc.params import parse_form, read_body
+from tokensvc.params import FORM, media_type, read_document
 from tokensvc.registry import Registry
 from tokensvc.services import Services
 from tokensvc.tokens import digest
@@ -97,19 +97,18 @@ class Console:
         return AdminSession(sid, self.pages.csrf_for(sid))
 
     async def form(self, request: Request) -> dict[str, str]:
-        """The posted form; a repeated field keeps its last value except where lists are read."""
-        ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if ctype != "application/x-www-form-urlencoded":
+        """The posted form (params.py's one reader): a repeated field is refused, but for the
+        grant-type checkboxes, whose values are joined by spaces."""
+        if media_type(request) != FORM:
             return {}
-        pairs = parse_form(await read_body(request, self.svc.settings.max_body_size,
-                                                self.svc.settings.request_timeout))
-        out: dict[str, str] = {}
-        for name, value in pairs:
-            if name == "grant_types":
-                out[name] = f"{out[name]} {value}" if name in out else value
-            else:
-                out[name] = value
-        return out
+        settings = self.svc.settings
+        try:
+            return await read_document(request, settings.max_body_size, settings.request_timeout,
+                                       form=True, lists=frozenset({"grant_types"}))
+        except InvalidRequest:
+            # A malformed form (a repeated field, broken encoding) carries no usable CSRF token
+            # either: it is refused as a forged one is (403), and nothing changes.
+            return {}
 
     def audit(self, request: Request, session: AdminSession, action: str, **what: str) -> None:
         """One line per change: who (the session), what, which client; never a secret."""

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from starlette.requests import Request
 
 from tokensvc.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
@@ -20,16 +21,19 @@ from tokensvc.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, Uns
 Params = dict[str, str]
 
 
-def collect(pairs: Iterable[tuple[str, str]]) -> Params:
-    """Gather pairs, refusing a repeated name; empty values count as omitted (RFC 6749 §3.1)."""
+def collect(pairs: Iterable[tuple[str, str]], lists: frozenset[str] = frozenset()) -> Params:
+    """Gather pairs, refusing a repeated name (RFC 6749 §3.1, §3.2: parameters "MUST NOT be
+    included more than once"); empty values count as omitted. The one exception is a name the
+    caller declares a list (an HTML form's checkboxes): its values are joined by spaces, as
+    OAuth writes lists."""
     seen: set[str] = set()
     out: Params = {}
     for name, value in pairs:
-        if name in seen:
+        if name in seen and name not in lists:
             raise InvalidRequest(f"The parameter '{name}' was sent more than once.")
         seen.add(name)
         if value != "":
-            out[name] = value
+            out[name] = f"{out[name]} {value}" if name in out else value
     return out
 
 
@@ -50,6 +54,10 @@ def json_object(body: bytes) -> dict[str, Any]:
         raise InvalidRequest("The body is not valid JSON.") from None
     if not isinstance(doc, dict):
         raise InvalidRequest("The JSON body must be an object.")
+    try:
+        orjson.dumps(doc)  # `\ud800` escapes decode to lone surrogates, which nothing can store
+    except orjson.JSONEncodeError:
+        raise InvalidRequest("The JSON body holds a string that is not valid Unicode.") from None
     return doc
 
 
@@ -115,13 +123,40 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     return b"".join(chunks)
 
 
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def read_document(request: Request, limit: int, timeout: float, *, form: bool,
+                        lists: frozenset[str] = frozenset(), empty_json: bool = True) -> dict[str, Any]:
+    """The one reader of document bodies (admin API, registration, console forms): a JSON
+    object, or with `form` a urlencoded form, with one rule for repeated fields (refused, but
+    for the names in `lists`). An empty body is an empty document (unless `empty_json` is off:
+    RFC 7591 wants a JSON object); 413, 408 as read_body; 415 for any other media type."""
+    body = await read_body(request, limit, timeout)
+    ctype = media_type(request)
+    if ctype == JSON or (not form and ctype == "" and body):
+        doc: dict[str, Any] = json_object(body) if body.strip() or not empty_json else {}
+        return doc
+    if form and ctype == FORM:
+        return dict(collect(parse_form(body), lists))
+    if not body:
+        return {}
+    raise UnsupportedMediaType("Send application/x-www-form-urlencoded or application/json."
+                               if form else "Send application/json.")
+
+
 async def read_params(request: Request, limit: int, timeout: float) -> Params:
     """The body's parameters; 415 for other media types, 413 beyond the limit, 408 too slow."""
     body = await read_body(request, limit, timeout)
-    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if ctype == "application/x-www-form-urlencoded":
+    ctype = media_type(request)
+    if ctype == FORM:
         pairs = parse_form(body)
-    elif ctype == "application/json":
+    elif ctype == JSON:
         pairs = _json_pairs(body) if body.strip() else []
     elif not body:
         pairs = []

@@ -16,14 +16,13 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from tokensvc.bearer import bearer_token
 from tokensvc.errors import InvalidRequest, OAuthError, Throttled, UnsupportedMediaType
 from tokensvc.models import Client
-from tokensvc.params import collect, json_object, parse_form, read_body
+from tokensvc.params import JSON, media_type, read_document
 from tokensvc.registry import _redirect_uri, _strings, _text
 from tokensvc.responses import json_response
 from tokensvc.services import Services
@@ -65,17 +64,6 @@ def _redirect_uris(doc: Mapping[str, Any], *, required: bool) -> tuple[str, ...]
             raise InvalidRequest(f"redirect URI '{uri[:100]}' is longer than {MAX_URI_LENGTH} characters.")
         _redirect_uri(uri)
     return uris
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    """A JSON object whose members may hold lists (params.py's form-like reader takes string
-    values only), with no lone surrogates anywhere in it."""
-    doc = json_object(body)
-    try:
-        orjson.dumps(doc)  # `\ud800` escapes decode to lone surrogates, which nothing can store
-    except orjson.JSONEncodeError:
-        raise InvalidRequest("The JSON body holds a string that is not valid Unicode.") from None
-    return doc
 
 
 def _default_name(uris: tuple[str, ...]) -> str:
@@ -120,18 +108,12 @@ class RegistrationEndpoints:
         return "open registration"
 
     async def _document(self, request: Request, *, form: bool) -> dict[str, Any]:
-        """The body as a document: a JSON object, or (Gancio, `form`) a form, whose repeated
-        parameters are refused by params.py. 413 beyond the size limit, 415 for other types."""
-        body = await read_body(request, self.settings.max_body_size, self.settings.request_timeout)
-        ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if ctype == "application/json":
-            return _json_object(body) if body.strip() or not form else {}
-        if form and ctype == "application/x-www-form-urlencoded":
-            return dict(collect(parse_form(body)))
-        if form and not body:
-            return {}
-        raise UnsupportedMediaType("Send application/x-www-form-urlencoded or application/json."
-                                   if form else "Send application/json (RFC 7591 §3.1).")
+        """The body as a document: a JSON object, or (Gancio, `form`) a form (params.py's one
+        reader and its rule for repeated fields). 413 beyond the size limit, 415 for other types."""
+        if not form and media_type(request) != JSON:
+            raise UnsupportedMediaType("Send application/json (RFC 7591 §3.1).")
+        return await read_document(request, self.settings.max_body_size,
+                                   self.settings.request_timeout, form=form, empty_json=form)
 
     async def api_client(self, request: Request) -> Response:
         """Gancio's `POST /api/client`: a confidential client for its authorization form. A
