@@ -1,15 +1,12 @@
-"""Fixtures: a real redis-server on a free loopback port, and apps built against it."""
+"""Fixtures: a real redis-server on a free loopback port (and, for the modules that ask, the Redis
+Cluster), and apps built against it. The helpers live in tests/support; the names re-exported
+here keep `from tests.conftest import ...` working."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,60 +14,18 @@ import httpx
 import pytest
 import redis
 
-from tokensvc.app import create_app
-from tokensvc.settings import Settings
+from tests.support.api import cc_token, introspect, new_client, new_user, password_token
+from tests.support.apps import AppFactory, app_factory_for, running_app
+from tests.support.config import ADMIN, ADMIN_KEY, SECRET_KEY, make_settings
+from tests.support.redis_servers import RedisClusterNodes, RedisServer, free_port
+from tests.support.stored import data_keys
+from tests.support.tools import prometheus_tools as find_prometheus_tools
 
-ADMIN_KEY = "test-admin-key-0123456789"
-SECRET_KEY = "test-server-key-0123456789abcdef0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A private redis-server process that tests may stop and start again on the same port."""
-
-    def __init__(self, workdir: Path, *extra: str) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed (make test installs it)")
-        self.binary = binary
-        self.port = free_port()
-        self.workdir = workdir
-        self.extra = extra
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with redis.Redis(port=self.port, socket_timeout=0.2) as probe:
-                    if probe.ping():
-                        return
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-    def sync(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
+__all__ = [
+    "ADMIN", "ADMIN_KEY", "SECRET_KEY", "AppFactory", "RedisServer", "cc_token", "data_keys",
+    "free_port", "introspect", "make_settings", "new_client", "new_user", "password_token",
+    "running_app",
+]
 
 
 @pytest.fixture(scope="session")
@@ -82,60 +37,60 @@ def redis_server() -> Iterator[RedisServer]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def suite_cluster() -> Iterator[RedisClusterNodes]:
+    """The session's Redis Cluster (3 masters, 3 replicas) for the modules that run on it too;
+    forming it takes seconds, so it is started once, when a test first asks for it.
+    tests/test_cluster.py keeps its own, since its failover test changes the topology."""
+    workdir = Path(tempfile.mkdtemp(prefix="tokensvc-cluster-"))
+    cluster = RedisClusterNodes(workdir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def prometheus_tools() -> tuple[str, str]:
+    """prometheus and promtool; a test that needs them is skipped without them (failed in CI)."""
+    return find_prometheus_tools()
+
+
 @pytest.fixture
-def redis_db(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """The shared server, emptied before each test."""
-    if redis_server.proc is None:
-        redis_server.start()
-    r = redis_server.sync()
-    r.flushall()
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    """Which Redis the app fixtures use: "single" (the session's redis-server), or "cluster"
+    where a module's tests are parametrised with tests.support.apps.ON_SINGLE_AND_CLUSTER."""
+    backend: str = getattr(request, "param", "single")
+    return backend
+
+
+@pytest.fixture
+def redis_db(request: pytest.FixtureRequest, redis_backend: str) -> Iterator[redis.Redis]:
+    """A client of the backend's Redis, emptied before each test (every primary of the cluster)."""
+    if redis_backend == "cluster":
+        cluster: RedisClusterNodes = request.getfixturevalue("suite_cluster")
+        r: redis.Redis = cluster.client()  # type: ignore[assignment]  # the same commands
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        if server.proc is None:  # a test stopped it
+            server.start()
+        r = server.sync()
+        r.flushall()
     yield r
     r.close()
 
 
-def make_settings(redis_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "redis_url": redis_url,
-        "admin_key": ADMIN_KEY,
-        "secret_keys": (SECRET_KEY,),
-        # Cheap argon2 for tests; production defaults are OWASP's minimum.
-        "password_time_cost": 1,
-        "password_memory_cost": 1024,
-        "redis_timeout": 0.5,
-        "issuer": "http://testserver",
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-AppFactory = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
-
-
-@contextlib.asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The app started (lifespan) with its invalidation subscription up, and an HTTP client
-    that drives it in-process; the app is at `client.app`."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        svc = app.state.services
-        for _ in range(300):  # the invalidation subscription is up: the cache is in play
-            if svc.clients.live:
-                break
-            await asyncio.sleep(0.01)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            http.app = app  # type: ignore[attr-defined]
-            yield http
-
-
 @pytest.fixture
-def app_factory(redis_db: redis.Redis, redis_server: RedisServer) -> AppFactory:
-    """Build an app (with settings overrides) and an HTTP client that drives it in-process."""
-
-    def factory(**overrides: Any) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
-        return running_app(make_settings(redis_server.url, **overrides))
-
-    return factory
+def app_factory(request: pytest.FixtureRequest, redis_db: redis.Redis, redis_backend: str) -> AppFactory:
+    """Build an app (with settings overrides) on the backend's Redis, and an HTTP client that
+    drives it in-process."""
+    if redis_backend == "cluster":
+        cluster: RedisClusterNodes = request.getfixturevalue("suite_cluster")
+        return app_factory_for(cluster.url, redis_cluster=True)
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return app_factory_for(server.url)
 
 
 @pytest.fixture
@@ -144,48 +99,15 @@ async def http(app_factory: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+@pytest.fixture
+async def client(http: httpx.AsyncClient) -> dict[str, Any]:
+    """alice, and a confidential client (read and write) for her."""
+    await new_user(http)
+    return await new_client(http)
 
 
-def data_keys(r: redis.Redis) -> list[bytes]:
-    """Every key but the fleet registry's, which each running worker renews on its own
-    (tokensvc/fleet.py): what a request stored, or did not."""
-    return [k for k in r.scan_iter() if not k.startswith(b"tsv:{fleet}:")]
-
-
-async def new_client(http: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
-    """Create a client through the admin API; returns its JSON (secret included)."""
-    body = {"name": "test client", "scopes": ["read", "write"], **fields}
-    resp = await http.post("/admin/clients", json=body, headers=ADMIN)
-    assert resp.status_code == 201, resp.text
-    doc: dict[str, Any] = resp.json()
-    return doc
-
-
-async def new_user(http: httpx.AsyncClient, username: str = "alice",
-                   password: str = "correct horse", verified: bool = True) -> None:
-    resp = await http.post("/admin/users", headers=ADMIN,
-                           json={"username": username, "password": password, "verified": verified})
-    assert resp.status_code == 201, resp.text
-
-
-async def cc_token(http: httpx.AsyncClient, client: dict[str, Any], **extra: str) -> httpx.Response:
-    return await http.post("/oauth/token", data={
-        "grant_type": "client_credentials", "client_id": client["client_id"],
-        "client_secret": client["client_secret"], **extra})
-
-
-async def password_token(http: httpx.AsyncClient, client: dict[str, Any], username: str = "alice",
-                         password: str = "correct horse", **extra: str) -> httpx.Response:
-    return await http.post("/oauth/token", data={
-        "grant_type": "password", "client_id": client["client_id"],
-        "client_secret": client["client_secret"], "username": username, "password": password,
-        **extra})
-
-
-async def introspect(http: httpx.AsyncClient, client: dict[str, Any], token: str) -> dict[str, Any]:
-    resp = await http.post("/oauth/introspect", data={"token": token},
-                           auth=(client["client_id"], client["client_secret"]))
-    assert resp.status_code == 200, resp.text
-    doc: dict[str, Any] = resp.json()
-    return doc
+@pytest.fixture
+async def parties(http: httpx.AsyncClient) -> tuple[dict[str, Any], dict[str, Any]]:
+    """alice; the client that owns her grants, and a resource server that introspects them."""
+    await new_user(http)
+    return await new_client(http), await new_client(http, name="resource server")

@@ -9,18 +9,15 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import ADMIN, SECRET_KEY, cc_token, data_keys, new_client, new_user, password_token
+from tests.support.api import cc_token, new_client, new_user, password_token
+from tests.support.assertions import assert_error, bearer_challenge
+from tests.support.config import ADMIN
+from tests.support.stored import data_keys, token_key
 from tokensvc.store import keys
-from tokensvc.tokens import TokenCodec
 
-CODEC = TokenCodec([SECRET_KEY])
 CLIENT_FIELDS = {"client_id", "name", "token_endpoint_auth_method", "grant_types", "scopes",
                  "redirect_uris", "website", "created_at", "access_token_ttl", "refresh_token_ttl",
                  "reuse_tokens", "max_user_login_attempts", "require_verified_users"}
-
-
-def error(name: str, description: str) -> dict[str, str]:
-    return {"error": name, "error_description": description, "message": description}
 
 
 def assert_json(resp: httpx.Response, status: int, *, no_store: bool = False) -> Any:
@@ -29,10 +26,6 @@ def assert_json(resp: httpx.Response, status: int, *, no_store: bool = False) ->
     if no_store:
         assert resp.headers["cache-control"] == "no-store" and resp.headers["pragma"] == "no-cache"
     return resp.json()
-
-
-def assert_error(resp: httpx.Response, status: int, name: str, description: str) -> None:
-    assert assert_json(resp, status, no_store=True) == error(name, description)
 
 
 def assert_no_secret(doc: Any) -> None:
@@ -46,12 +39,6 @@ def assert_no_secret(doc: Any) -> None:
             assert_no_secret(value)
     else:
         assert "$argon2" not in str(doc)
-
-
-def token_key(token: str) -> str:
-    parsed = CODEC.parse(token)
-    assert parsed is not None
-    return keys.token(parsed.grant_id, parsed.digest)
 
 
 # -- the admin key ----------------------------------------------------------------------------
@@ -77,9 +64,7 @@ async def test_admin_key_required(http: httpx.AsyncClient, redis_db: redis.Redis
     resp = await http.request(method, path, headers=headers, json={"name": "x", "username": "x",
                                                                     "password": "12345678"})
     description = "The admin key is missing or wrong."
-    assert_error(resp, 401, "invalid_token", description)
-    assert resp.headers["www-authenticate"] == (
-        f'Bearer realm="tokensvc", error="invalid_token", error_description="{description}"')
+    assert_error(resp, 401, "invalid_token", description, bearer_challenge(description))
     assert sorted(data_keys(redis_db)) == before
 
 
@@ -87,7 +72,8 @@ async def test_a_client_token_is_not_the_admin_key(http: httpx.AsyncClient) -> N
     client = await new_client(http)
     token = (await cc_token(http, client)).json()["access_token"]
     resp = await http.get("/admin/clients", headers={"Authorization": f"Bearer {token}"})
-    assert_error(resp, 401, "invalid_token", "The admin key is missing or wrong.")
+    description = "The admin key is missing or wrong."
+    assert_error(resp, 401, "invalid_token", description, bearer_challenge(description))
 
 
 # -- clients ----------------------------------------------------------------------------------
@@ -358,8 +344,7 @@ async def test_rotate_secret(http: httpx.AsyncClient, redis_db: redis.Redis) -> 
     assert_error(refused, 401, "invalid_client", "Client authentication failed.")
     basic = await http.post("/oauth/token", data={"grant_type": "client_credentials"},
                             auth=(client["client_id"], old))
-    assert_error(basic, 401, "invalid_client", "Client authentication failed.")
-    assert basic.headers["www-authenticate"] == 'Basic realm="tokensvc"'
+    assert_error(basic, 401, "invalid_client", "Client authentication failed.", 'Basic realm="tokensvc"')
     assert (await cc_token(http, {**client, "client_secret": new})).status_code == 200
     # Tokens issued before the rotation stay valid (rotation is not revocation).
     info = await http.post("/oauth/introspect", data={"token": token},

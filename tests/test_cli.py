@@ -23,22 +23,14 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import RedisServer, free_port
+from tests.support.config import service_env
+from tests.support.redis_servers import RedisServer, free_port
+from tests.support.service import Service
 from tokensvc.cli import NO_REDIS_HINT
 from tokensvc.store import keys
 from tokensvc.store.embedded import EmbeddedRedis, EmbeddedRedisError
 
 TOKENSVC = Path(sys.executable).parent / "tokensvc"
-# Cheap argon2 for tests (the hash records its parameters, so any later verify still works).
-FAST_HASHING = {"TOKENSVC_PASSWORD_TIME_COST": "1", "TOKENSVC_PASSWORD_MEMORY_COST": "1024"}
-
-
-def service_env(**extra: str) -> dict[str, str]:
-    """The test's environment without any TOKENSVC_* of the caller's, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSVC_")}
-    env.update(FAST_HASHING)
-    env.update(extra)
-    return env
 
 
 def pid_alive(pid: int) -> bool:
@@ -58,58 +50,20 @@ def wait_gone(pid: int, timeout: float = 15.0) -> bool:
     return False
 
 
-class Service:
-    """`tokensvc serve` on a free port, run from `cwd` as a user would run it."""
+class CliService(Service):
+    """`tokensvc serve` run from `cwd` as a user runs it: the installed command, no settings
+    but cheap argon2 (so its own redis-server and keys under ./var), signals to it alone."""
 
-    def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.cwd = cwd
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.env = env if env is not None else service_env()
-        self.log_path = cwd / f"serve-{self.port}.log"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([str(TOKENSVC), "serve", "--port", str(self.port), *args],
-                                         cwd=cwd, env=self.env, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT)
-
-    @property
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
-        """Poll /readyz until the service is ready, with its invalidation channel live."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"tokensvc serve exited with {self.proc.returncode}:\n{self.output}")
-            try:
-                resp = httpx.get(f"{self.base}/readyz", timeout=1.0)
-                doc: dict[str, Any] = resp.json()
-                if resp.status_code == 200 and doc.get("invalidation"):
-                    return doc
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        pytest.fail(f"tokensvc serve was not ready within {timeout} s:\n{self.output}")
+    def __init__(self, cwd: Path, *, env: dict[str, str] | None = None, workers: int = 1) -> None:
+        super().__init__(cwd, env if env is not None else service_env(), workers=workers,
+                         program=(str(TOKENSVC),), own_group=False)
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Another `tokensvc` command, from the service's directory and environment."""
-        return run_cli(self.cwd, *args, input=input, env=self.env)
+        return run_cli(self.workdir, *args, input=input, env=self.env)
 
     def redis_pid(self) -> int:
-        return int((self.cwd / "var" / "redis.pid").read_text())
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                pytest.fail(f"tokensvc serve did not stop on signal {sig}:\n{self.output}")
-        return self.proc.returncode
+        return int((self.workdir / "var" / "redis.pid").read_text())
 
 
 def run_cli(cwd: Path, *args: str, input: str | None = None,
@@ -124,9 +78,9 @@ def json_out(result: subprocess.CompletedProcess[str]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliService]:
     """One service for the admin-command tests; each test makes its own clients and users."""
-    svc = Service(tmp_path_factory.mktemp("serve"))
+    svc = CliService(tmp_path_factory.mktemp("serve")).start()
     try:
         svc.wait_ready()
         yield svc
@@ -137,8 +91,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 # -- serve with the embedded redis-server -------------------------------------------------
 
 
-def test_serve_starts_embedded_redis_on_a_private_socket(service: Service) -> None:
-    var = service.cwd / "var"
+def test_serve_starts_embedded_redis_on_a_private_socket(service: CliService) -> None:
+    var = service.workdir / "var"
     sock = var / "redis.sock"
     assert sock.is_socket()
     assert sock.stat().st_mode & 0o777 == 0o700
@@ -156,35 +110,35 @@ def test_serve_starts_embedded_redis_on_a_private_socket(service: Service) -> No
     assert (var / "redis.log").is_file()
 
 
-def test_serve_answers_health_and_readiness(service: Service) -> None:
-    assert httpx.get(f"{service.base}/healthz").json() == {"status": "ok"}
-    ready = httpx.get(f"{service.base}/readyz")
+def test_serve_answers_health_and_readiness(service: CliService) -> None:
+    assert httpx.get(f"{service.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{service.url}/readyz")
     assert ready.status_code == 200
     assert ready.json()["redis"] is True
 
 
-def test_serve_prints_where_the_admin_key_is_but_not_the_key(service: Service) -> None:
-    key_file = service.cwd / "var" / "admin.key"
+def test_serve_prints_where_the_admin_key_is_but_not_the_key(service: CliService) -> None:
+    key_file = service.workdir / "var" / "admin.key"
     key = key_file.read_text().strip()
     assert len(key) >= 32
     assert key_file.stat().st_mode & 0o777 == 0o600
     out = service.output
     assert str(key_file.resolve()) in out
     assert key not in out
-    assert service.base in out
+    assert service.url in out
     assert "tokensvc client create --name demo" in out
     # ... and the admin API takes that key.
-    resp = httpx.get(f"{service.base}/admin/clients", headers={"Authorization": f"Bearer {key}"})
+    resp = httpx.get(f"{service.url}/admin/clients", headers={"Authorization": f"Bearer {key}"})
     assert resp.status_code == 200
 
 
-def test_client_create_reaches_the_service_and_its_secret_gets_a_token(service: Service) -> None:
+def test_client_create_reaches_the_service_and_its_secret_gets_a_token(service: CliService) -> None:
     made = json_out(service.cli("client", "create", "--name", "demo", "--scope", "read",
                                 "--scope", "write", "--website", "https://demo.example"))
     assert made["name"] == "demo" and made["scopes"] == ["read", "write"]
     assert made["client_secret"].startswith("tsv_cs_")
     assert made["grant_types"] == ["client_credentials", "password", "refresh_token"]
-    resp = httpx.post(f"{service.base}/oauth/token", data={"grant_type": "client_credentials",
+    resp = httpx.post(f"{service.url}/oauth/token", data={"grant_type": "client_credentials",
                                                            "scope": "read"},
                       auth=(made["client_id"], made["client_secret"]))
     assert resp.status_code == 200, resp.text
@@ -192,7 +146,7 @@ def test_client_create_reaches_the_service_and_its_secret_gets_a_token(service: 
     assert resp.json()["scope"] == "read"
 
 
-def test_client_list_and_show_never_show_the_secret(service: Service) -> None:
+def test_client_list_and_show_never_show_the_secret(service: CliService) -> None:
     made = json_out(service.cli("client", "create", "--name", "listed",
                                 "--grant-type", "client_credentials"))
     listed = json_out(service.cli("client", "list"))
@@ -204,28 +158,28 @@ def test_client_list_and_show_never_show_the_secret(service: Service) -> None:
     assert "client_secret" not in shown and "secret_hash" not in shown
 
 
-def test_client_show_unknown_exits_1_with_the_registry_message(service: Service) -> None:
+def test_client_show_unknown_exits_1_with_the_registry_message(service: CliService) -> None:
     result = service.cli("client", "show", "no-such-client")
     assert result.returncode == 1
     assert "No such client." in result.stderr
     assert result.stdout == ""
 
 
-def test_client_create_refusal_exits_1_with_its_description(service: Service) -> None:
+def test_client_create_refusal_exits_1_with_its_description(service: CliService) -> None:
     result = service.cli("client", "create", "--name", "bad", "--grant-type", "implicit")
     assert result.returncode == 1
     assert "grant type 'implicit' is not supported" in result.stderr
 
 
-def test_public_client_has_no_secret(service: Service) -> None:
+def test_public_client_has_no_secret(service: CliService) -> None:
     made = json_out(service.cli("client", "create", "--name", "spa", "--public"))
     assert made["token_endpoint_auth_method"] == "none"
     assert "client_secret" not in made
 
 
-def test_rotate_secret_and_revoke_take_effect_on_the_running_service(service: Service) -> None:
+def test_rotate_secret_and_revoke_take_effect_on_the_running_service(service: CliService) -> None:
     made = json_out(service.cli("client", "create", "--name", "rotating"))
-    token_url = f"{service.base}/oauth/token"
+    token_url = f"{service.url}/oauth/token"
     form = {"grant_type": "client_credentials"}
     assert httpx.post(token_url, data=form, auth=(made["client_id"], made["client_secret"])
                       ).status_code == 200
@@ -241,14 +195,14 @@ def test_rotate_secret_and_revoke_take_effect_on_the_running_service(service: Se
     assert after.status_code == 401 and after.json()["error"] == "invalid_client"
 
 
-def test_user_create_reads_the_password_from_stdin(service: Service) -> None:
+def test_user_create_reads_the_password_from_stdin(service: CliService) -> None:
     made = json_out(service.cli("user", "create", "--username", "carol", "--password-stdin",
                                 "--verified", input="correct horse battery\n"))
     assert made == {"username": "carol", "verified": True, "created_at": made["created_at"],
                     "failed_logins": 0}
     client = json_out(service.cli("client", "create", "--name", "app"))
     # The trailing newline was the echo's: the password is exactly what came before it.
-    resp = httpx.post(f"{service.base}/oauth/token", data={
+    resp = httpx.post(f"{service.url}/oauth/token", data={
         "grant_type": "password", "username": "carol", "password": "correct horse battery"},
         auth=(client["client_id"], client["client_secret"]))
     assert resp.status_code == 200, resp.text
@@ -257,13 +211,13 @@ def test_user_create_reads_the_password_from_stdin(service: Service) -> None:
     assert shown["verified"] is True and shown["failed_logins"] == 0
 
 
-def test_user_create_defaults_to_unverified(service: Service) -> None:
+def test_user_create_defaults_to_unverified(service: CliService) -> None:
     made = json_out(service.cli("user", "create", "--username", "dave", "--password-stdin",
                                 input="long enough password"))
     assert made["verified"] is False
 
 
-def test_user_create_refusals_exit_1(service: Service) -> None:
+def test_user_create_refusals_exit_1(service: CliService) -> None:
     short = service.cli("user", "create", "--username", "erin", "--password-stdin", input="short\n")
     assert short.returncode == 1
     assert "'password' must be a string of 8 to 1024 characters." in short.stderr
@@ -276,7 +230,7 @@ def test_user_create_refusals_exit_1(service: Service) -> None:
     assert "A user with that username already exists." in again.stderr
 
 
-def test_user_unlock_and_delete(service: Service) -> None:
+def test_user_unlock_and_delete(service: CliService) -> None:
     json_out(service.cli("user", "create", "--username", "gina", "--password-stdin",
                          input="gina's password\n"))
     assert service.cli("user", "unlock", "gina").returncode == 0
@@ -299,7 +253,7 @@ def test_admin_command_without_a_running_redis_says_what_to_do(tmp_path: Path) -
 
 def test_admin_command_with_redis_url(tmp_path: Path, redis_db: redis.Redis,
                                       redis_server: RedisServer) -> None:
-    env = service_env(TOKENSVC_REDIS_URL=redis_server.url)
+    env = service_env(redis_url=redis_server.url)
     made = json_out(run_cli(tmp_path, "client", "create", "--name", "remote", env=env))
     assert redis_db.exists(keys.client(made["client_id"])) == 1
     shown = json_out(run_cli(tmp_path, "client", "show", made["client_id"],
@@ -319,7 +273,7 @@ def test_admin_command_with_unreachable_redis_url(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_the_service_and_its_redis_server(tmp_path: Path, sig: int) -> None:
-    svc = Service(tmp_path)
+    svc = CliService(tmp_path).start()
     svc.wait_ready()
     redis_pid = svc.redis_pid()
     assert pid_alive(redis_pid)
@@ -332,14 +286,14 @@ def test_signal_stops_the_service_and_its_redis_server(tmp_path: Path, sig: int)
 
 
 def test_data_survives_a_restart(tmp_path: Path) -> None:
-    first = Service(tmp_path)
+    first = CliService(tmp_path).start()
     first.wait_ready()
     made = json_out(first.cli("client", "create", "--name", "durable"))
     assert first.stop() == 0
-    second = Service(tmp_path)
+    second = CliService(tmp_path).start()
     try:
         second.wait_ready()
-        resp = httpx.post(f"{second.base}/oauth/token", data={"grant_type": "client_credentials"},
+        resp = httpx.post(f"{second.url}/oauth/token", data={"grant_type": "client_credentials"},
                           auth=(made["client_id"], made["client_secret"]))
         assert resp.status_code == 200, resp.text
     finally:
@@ -351,7 +305,7 @@ def test_serve_reuses_a_running_embedded_redis_and_leaves_it_to_its_owner(tmp_pa
     owner.start()
     try:
         assert owner.proc is not None
-        svc = Service(tmp_path)
+        svc = CliService(tmp_path).start()
         svc.wait_ready()
         assert svc.redis_pid() == owner.proc.pid  # no second server
         assert "reusing the running redis-server" in svc.output
@@ -378,7 +332,7 @@ def test_serve_adopts_a_redis_left_behind_and_stops_it(tmp_path: Path) -> None:
         while not sock.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         (var / "redis.owner").write_text("999999999\n")  # a pid that cannot exist
-        svc = Service(tmp_path)
+        svc = CliService(tmp_path).start()
         svc.wait_ready()
         assert svc.redis_pid() == orphan.pid
         assert "reusing the running redis-server" in svc.output
@@ -396,7 +350,7 @@ def test_serve_adopts_a_redis_left_behind_and_stops_it(tmp_path: Path) -> None:
 def test_missing_redis_server_fails_with_the_install_command(tmp_path: Path) -> None:
     empty_bin = tmp_path / "bin"
     empty_bin.mkdir()
-    env = service_env(PATH=str(empty_bin))
+    env = {**service_env(), "PATH": str(empty_bin)}
     result = subprocess.run([str(TOKENSVC), "serve", "--port", str(free_port())], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
@@ -449,19 +403,19 @@ def test_stale_socket_left_by_a_crash_does_not_stop_a_start(tmp_path: Path) -> N
 def test_serve_with_several_workers(tmp_path: Path) -> None:
     """Workers are separate processes: they get the resolved settings (the embedded Redis URL,
     the generated keys) through the environment, and a revocation reaches all of them."""
-    svc = Service(tmp_path, "--workers", "2")
+    svc = CliService(tmp_path, workers=2).start()
     try:
         svc.wait_ready()
         made = json_out(svc.cli("client", "create", "--name", "multi"))
         auth = (made["client_id"], made["client_secret"])
-        with httpx.Client(base_url=svc.base) as http:
+        with httpx.Client(base_url=svc.url) as http:
             for _ in range(6):  # new connections, spread over both workers
                 resp = http.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=auth,
                                  headers={"Connection": "close"})
                 assert resp.status_code == 200, resp.text
         assert svc.cli("client", "revoke", made["client_id"]).returncode == 0
         for _ in range(6):
-            resp = httpx.post(f"{svc.base}/oauth/token", data={"grant_type": "client_credentials"},
+            resp = httpx.post(f"{svc.url}/oauth/token", data={"grant_type": "client_credentials"},
                               auth=auth)
             assert resp.status_code == 401
         redis_pid = svc.redis_pid()

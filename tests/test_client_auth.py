@@ -6,13 +6,15 @@ import asyncio
 import base64
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import pytest
 import redis
 
-from tests.conftest import ADMIN, AppFactory, new_client, new_user
+from tests.support.api import basic, new_client, new_user
+from tests.support.apps import AppFactory
+from tests.support.assertions import assert_error
+from tests.support.config import ADMIN
 from tokensvc.clients import ClientDirectory
 
 BASIC = 'Basic realm="tokensvc"'
@@ -20,16 +22,6 @@ Client = dict[str, Any]
 Clients = dict[str, Client]
 # (form parameters, headers) for a request by the given clients.
 Build = Callable[[Clients], tuple[dict[str, str], dict[str, str]]]
-
-
-def assert_error(resp: httpx.Response, status: int, error: str, description: str,
-                 www_authenticate: str | None = None) -> None:
-    assert resp.status_code == status, resp.text
-    assert resp.json() == {"error": error, "error_description": description, "message": description}
-    assert resp.headers["content-type"] == "application/json"
-    assert resp.headers["cache-control"] == "no-store"
-    assert resp.headers["pragma"] == "no-cache"
-    assert resp.headers.get("www-authenticate") == www_authenticate
 
 
 def assert_issued(resp: httpx.Response, client: Client) -> str:
@@ -40,14 +32,6 @@ def assert_issued(resp: httpx.Response, client: Client) -> str:
     assert body["token_type"] == "Bearer" and body["access_token"].startswith("tsv_at_")
     token: str = body["access_token"]
     return token
-
-
-def basic(client_id: str, secret: str, *, form_encode: bool = True) -> dict[str, str]:
-    """RFC 6749 §2.3.1: id and secret are form-encoded, joined by ':', then base64-encoded."""
-    if form_encode:
-        client_id, secret = quote(client_id, safe=""), quote(secret, safe="")
-    raw = f"{client_id}:{secret}".encode()
-    return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
 
 
 def raw_basic(payload: bytes) -> dict[str, str]:

@@ -6,57 +6,54 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from tests import authflow
-from tests.cluster_fixtures import RedisClusterNodes, cluster_app_factory, cluster_db, redis_cluster
-from tests.conftest import (
-    ADMIN,
-    SECRET_KEY,
-    AppFactory,
-    cc_token,
-    introspect,
-    new_client,
-    new_user,
-    password_token,
-)
+from tests.support import authflow
+from tests.support.api import active, auth, cc_token, new_client, new_user, password_token, refresh
+from tests.support.apps import AppFactory, app_factory_for
+from tests.support.config import ADMIN
+from tests.support.console import sign_in, table_ids
+from tests.support.redis_servers import RedisClusterNodes
+from tests.support.stored import token_key
 from tokensvc.store import keys
-from tokensvc.tokens import TokenCodec
-
-__all__ = ["cluster_app_factory", "cluster_db", "redis_cluster"]  # fixtures used below
 
 pytestmark = pytest.mark.slow
 
-CODEC = TokenCodec([SECRET_KEY])
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """This module's own cluster: the failover test changes its topology."""
+    cluster = RedisClusterNodes(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
-def auth(client: dict[str, Any]) -> tuple[str, str]:
-    return client["client_id"], client["client_secret"]
+@pytest.fixture
+def cluster_db(redis_cluster: RedisClusterNodes) -> Iterator[redis.RedisCluster]:
+    """A cluster client on the emptied cluster."""
+    r = redis_cluster.client()
+    yield r
+    r.close()
 
 
-def token_key(token: str) -> str:
-    parsed = CODEC.parse(token)
-    assert parsed is not None
-    return keys.token(parsed.grant_id, parsed.digest)
+@pytest.fixture
+def cluster_app_factory(cluster_db: redis.RedisCluster, redis_cluster: RedisClusterNodes) -> AppFactory:
+    """Like `app_factory`, on the cluster (`redis_cluster=True`, the URL of one node)."""
+    return app_factory_for(redis_cluster.url, redis_cluster=True)
 
 
 def issued(resp: httpx.Response) -> dict[str, Any]:
     assert resp.status_code == 200, resp.text
     doc: dict[str, Any] = resp.json()
     return doc
-
-
-async def active(http: httpx.AsyncClient, rs: dict[str, Any], token: str) -> bool:
-    return bool((await introspect(http, rs, token))["active"])
-
-
-async def refresh(http: httpx.AsyncClient, client: dict[str, Any], rt: str) -> httpx.Response:
-    return await http.post("/oauth/token", data={"grant_type": "refresh_token", "refresh_token": rt},
-                           auth=auth(client))
 
 
 async def revoke(http: httpx.AsyncClient, client: dict[str, Any], token: str,
@@ -172,8 +169,11 @@ async def test_admin_listing_reads_clients_across_slots(cluster_app_factory: App
         listed = (await http.get("/admin/clients", headers=ADMIN)).json()
         assert listed["total"] == 12
         assert {c["client_id"] for c in listed["clients"]} == {c["client_id"] for c in made}
-        page = await http.get("/admin", headers=ADMIN)  # the console's browse_clients
-        assert page.status_code in (200, 303), page.text
+        console = await sign_in(http)
+        page = await console.get("/admin")  # the console's browse_clients
+        assert page.status_code == 200, page.text
+        assert '<span class="count">12</span>' in page.text
+        assert sorted(table_ids(page.text)) == sorted(c["client_id"] for c in made)
 
 
 async def test_token_writes_wait_for_a_replica(cluster_app_factory: AppFactory,

@@ -12,7 +12,7 @@ import secrets
 import statistics
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -22,16 +22,12 @@ import orjson
 import pytest
 import redis
 
-from tests.conftest import (
-    ADMIN_KEY,
-    AppFactory,
-    RedisServer,
-    cc_token,
-    data_keys,
-    make_settings,
-    new_client,
-    new_user,
-)
+from tests.support.api import cc_token, new_client, new_user
+from tests.support.apps import AppFactory
+from tests.support.config import ADMIN_KEY, make_settings
+from tests.support.console import COOKIE, LOGIN, Console, sign_in, table_ids
+from tests.support.redis_servers import RedisServer
+from tests.support.stored import data_keys
 from tokensvc.app import create_app
 from tokensvc.hashing import Hasher
 from tokensvc.models import Client
@@ -39,12 +35,10 @@ from tokensvc.store import keys
 from tokensvc.store.redis import _name_member
 from tokensvc.tokens import digest
 
-LOGIN = "/admin/console/login"
 LOGOUT = "/admin/console/logout"
 NEW = "/admin/console/clients/new"
 CREATE = "/admin/console/clients"
 USERS = "/admin/console/users"
-COOKIE = "tsv_admin"
 AUDIT = "tokensvc.audit"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 FORM_EXPIRED = "The form has expired or did not come from this console."
@@ -52,13 +46,6 @@ FORM_EXPIRED = "The form has expired or did not come from this console."
 
 def clients_page(client_id: str) -> str:
     return f"/admin/console/clients/{client_id}"
-
-
-def hidden(html: str, name: str) -> str:
-    """The value of a form's hidden input (csrf, once)."""
-    found = re.search(rf'name="{name}" value="([^"]*)"', html)
-    assert found is not None, f"no {name} field"
-    return found.group(1)
 
 
 def shown_secret(html: str) -> str:
@@ -71,59 +58,6 @@ def shown_id(html: str) -> str:
     found = re.search(r'id="client-id" value="([^"]+)"', html)
     assert found is not None, "no client id on the page"
     return found.group(1)
-
-
-def table_ids(html: str) -> list[str]:
-    return re.findall(r'<a href="/admin/console/clients/([^"/]+)">', html)
-
-
-@dataclass
-class Console:
-    """A signed-in admin: the session cookie, sent by hand so each test controls it."""
-
-    http: httpx.AsyncClient
-    cookie: str
-    csrf: str = ""
-    seen: list[httpx.Response] = field(default_factory=list)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Cookie": f"{COOKIE}={self.cookie}"}
-
-    async def get(self, url: str) -> httpx.Response:
-        resp = await self.http.get(url, headers=self.headers)
-        self.seen.append(resp)
-        return resp
-
-    async def post(self, url: str, data: dict[str, str], **kwargs: Any) -> httpx.Response:
-        resp = await self.http.post(url, data=data, headers=self.headers, **kwargs)
-        self.seen.append(resp)
-        return resp
-
-    async def follow(self, resp: httpx.Response) -> httpx.Response:
-        """GET where a 303 points."""
-        assert resp.status_code == 303, resp.text
-        return await self.get(resp.headers["location"])
-
-    async def act(self, url: str, **form: str) -> httpx.Response:
-        """A form sent as the console's page sends it, with this session's CSRF token."""
-        return await self.post(url, {"csrf": self.csrf, **form})
-
-    async def nonce(self, url: str) -> str:
-        """A fresh once-only nonce, as the page at `url` (new client form, client page) has it."""
-        return hidden((await self.get(url)).text, "once")
-
-
-async def sign_in(http: httpx.AsyncClient) -> Console:
-    resp = await http.post(LOGIN, data={"admin_key": ADMIN_KEY})
-    assert resp.status_code == 303 and resp.headers["location"] == "/admin"
-    cookie = resp.cookies[COOKIE]
-    http.cookies.clear()  # sent by hand from now on
-    console = Console(http, cookie)
-    page = await console.get("/admin")
-    assert page.status_code == 200
-    console.csrf = hidden(page.text, "csrf")
-    return console
 
 
 def snapshot(r: redis.Redis) -> dict[bytes, Any]:

@@ -17,7 +17,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import time
 import tomllib
 from collections.abc import Iterator
 from importlib import import_module
@@ -30,7 +29,7 @@ import redis
 import yaml
 from click.testing import CliRunner
 
-from tests.conftest import free_port
+from tests.support.redis_servers import RedisServer
 from tokensvc import cli, settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -437,13 +436,12 @@ def test_compose_prometheus_scrapes_both_instances() -> None:
         assert local.is_file(), f"{rule_file} -> {local}"
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed "
-                    "(`make prometheus` installs Debian's prometheus package)")
-def test_compose_prometheus_config_passes_promtool(tmp_path: Path) -> None:
+def test_compose_prometheus_config_passes_promtool(tmp_path: Path,
+                                                   prometheus_tools: tuple[str, str]) -> None:
     """The container's /etc/prometheus layout, rebuilt in a temporary directory."""
     shutil.copy(DEPLOY / "prometheus-compose.yml", tmp_path / "prometheus.yml")
     shutil.copytree(DEPLOY / "prometheus", tmp_path / "tokensvc")
-    done = subprocess.run(["promtool", "check", "config", "prometheus.yml"], cwd=tmp_path,
+    done = subprocess.run([prometheus_tools[1], "check", "config", "prometheus.yml"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 rule files found" in done.stdout
@@ -480,31 +478,14 @@ def test_redis_conf_directives() -> None:
 @pytest.fixture
 def redis_with_conf(tmp_path: Path) -> Iterator[redis.Redis]:
     """redis-server running deploy/redis.conf, on a free loopback port, with its data in tmp."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (make test installs it)")
-    port = free_port()
-    log = tmp_path / "redis.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [binary, str(REDIS_CONF), "--port", str(port), "--bind", "127.0.0.1",
-             "--dir", str(tmp_path), "--daemonize", "no"], stdout=out, stderr=subprocess.STDOUT)
-    client = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
+    server = RedisServer(tmp_path, mode="aof")
+    server.start()
+    client = server.sync(socket_timeout=1, decode_responses=True)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert proc.poll() is None, f"redis-server exited:\n{log.read_text()}"
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.02)
         yield client
     finally:
         client.close()
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
 
 
 def test_redis_loads_the_conf(redis_with_conf: redis.Redis, tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import ADMIN, cc_token, new_client, new_user, password_token
+from tests.support.api import cc_token, new_client, new_user, password_token
+from tests.support.config import ADMIN
 
 ISSUER = "http://testserver"
 # metadata member -> (method, path) where this service would serve it

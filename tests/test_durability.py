@@ -8,8 +8,6 @@ is still active, every revoked one still revoked.
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,43 +15,16 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
-from tests.conftest import ADMIN, RedisServer
-from tests.live import serving
-
-CONF = Path(__file__).resolve().parent.parent / "deploy" / "redis.conf"
-
-
-class AofRedis(RedisServer):
-    """redis-server with the deployment's configuration; only port, bind and dir changed."""
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, str(CONF), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.workdir), "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with redis.Redis(port=self.port, socket_timeout=0.2) as probe:
-                    if probe.ping():
-                        return
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    def crash(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.proc = None
+from tests.support.config import ADMIN
+from tests.support.redis_servers import RedisServer
+from tests.support.service import serving
 
 
 @pytest.fixture
-def aof_redis(tmp_path: Path) -> Iterator[AofRedis]:
-    server = AofRedis(tmp_path / "redis")
-    server.workdir.mkdir()
+def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """redis-server with the deployment's configuration; only port, bind and dir changed."""
+    server = RedisServer(tmp_path / "redis", mode="aof")
     server.start()
     yield server
     if server.proc is not None:
@@ -68,7 +39,7 @@ def introspect(http: httpx.Client, client: dict[str, Any], token: str) -> bool:
     return bool(resp.json()["active"])
 
 
-def test_tokens_and_revocations_survive_a_redis_crash(aof_redis: AofRedis, tmp_path: Path) -> None:
+def test_tokens_and_revocations_survive_a_redis_crash(aof_redis: RedisServer, tmp_path: Path) -> None:
     with aof_redis.sync() as r:  # the deployment's settings are in force
         assert r.config_get("appendonly") == {"appendonly": "yes"}
         assert r.config_get("appendfsync") == {"appendfsync": "everysec"}
@@ -121,7 +92,7 @@ def test_tokens_and_revocations_survive_a_redis_crash(aof_redis: AofRedis, tmp_p
         assert all(introspect(http, client, t) for t in live)
         assert not any(introspect(http, client, t) for t in dead)
 
-        time.sleep(1.5)  # appendfsync everysec: everything above is on disk now
+        time.sleep(1.5)  # a real timer (Redis's appendfsync everysec): everything above is on disk now
         aof_redis.crash()
         down = http.post("/oauth/introspect", data={"token": live[0]}, auth=creds)
         assert down.status_code == 503, down.text

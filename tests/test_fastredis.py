@@ -13,7 +13,7 @@ import pytest
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError, ResponseError, TimeoutError
 
-from tests.conftest import RedisServer
+from tests.support.redis_servers import RedisServer
 from tokensvc.store.fastredis import FastRedis, _encode
 
 

@@ -9,7 +9,9 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import SECRET_KEY, AppFactory, new_client
+from tests.support.api import active, new_client
+from tests.support.apps import AppFactory
+from tests.support.config import SECRET_KEY
 from tokensvc.fleet import SIGNING, WORKERS, KeyMismatch
 from tokensvc.keyring import Keyring, fingerprint
 
@@ -30,13 +32,6 @@ async def issue(http: httpx.AsyncClient, client: dict[str, str]) -> str:
     assert resp.status_code == 200, resp.text
     token: str = resp.json()["access_token"]
     return token
-
-
-async def active(http: httpx.AsyncClient, client: dict[str, str], token: str) -> bool:
-    resp = await http.post("/oauth/introspect", data={"token": token, "client_id": client["client_id"],
-                                                      "client_secret": client["client_secret"]})
-    assert resp.status_code == 200, resp.text
-    return bool(resp.json()["active"])
 
 
 async def until(check: Callable[[], bool], what: str, limit: float = 5.0) -> None:

@@ -15,8 +15,10 @@ import orjson
 import pytest
 import redis
 
-from tests.conftest import ADMIN, SECRET_KEY, RedisServer
-from tests.live import Service, settled_metric
+from tests.support.config import ADMIN, SECRET_KEY
+from tests.support.metrics import settled_metric
+from tests.support.redis_servers import RedisServer
+from tests.support.service import Service
 from tokensvc.fleet import SIGNING, WORKERS
 from tokensvc.keyring import fingerprint
 from tokensvc.store import keys
@@ -38,7 +40,7 @@ class Fleet:
 
     def start(self, name: str, **settings: Any) -> Service:
         settings.setdefault("fleet_heartbeat", "0.2")
-        svc = Service(self.redis_url, self.root / name, **settings)
+        svc = Service.deployed(self.redis_url, self.root / name, **settings)
         svc.start()
         svc.wait_ready()
         self.running.append(svc)
@@ -127,7 +129,7 @@ def test_a_secret_verified_once_is_never_run_through_argon2_again(
 
 def test_an_instance_with_other_keys_refuses_to_start(fleet: Fleet, tmp_path: Path) -> None:
     fleet.start("first")
-    other = Service(fleet.redis_url, tmp_path / "other", secret_keys="x" * 40)
+    other = Service.deployed(fleet.redis_url, tmp_path / "other", secret_keys="x" * 40)
     other.start()
     assert other.proc is not None
     try:
@@ -190,6 +192,6 @@ def test_a_key_rotation_by_rolling_restart_keeps_every_live_token(
     assert active(a, client, rotated.json()["access_token"])
 
     # An instance started with the old key alone would refuse the new tokens: it may not start.
-    stale = Service(fleet.redis_url, fleet.root / "stale", fleet_heartbeat="0.2")
+    stale = Service.deployed(fleet.redis_url, fleet.root / "stale", fleet_heartbeat="0.2")
     stale.start()
     assert stale.proc is not None and stale.proc.wait(timeout=30) == 1

@@ -16,34 +16,22 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import (
-    ADMIN,
-    AppFactory,
-    RedisServer,
-    cc_token,
-    introspect,
-    make_settings,
-    new_client,
-    new_user,
-    password_token,
-)
-from tokensvc.app import create_app
+from tests.support.api import auth, cc_token, introspect, new_client, new_user, password_token
+from tests.support.apps import AppFactory, running_app
+from tests.support.assertions import assert_error, bearer_challenge
+from tests.support.config import ADMIN, make_settings
+from tests.support.redis_servers import RedisServer
 from tokensvc.clients import ClientDirectory
 
 Pair = tuple[httpx.AsyncClient, httpx.AsyncClient]
-BASIC = {"www-authenticate": 'Basic realm="tokensvc"'}
-BAD_BEARER = 'Bearer realm="tokensvc", error="invalid_token", ' \
-             'error_description="The access token is invalid, expired or revoked."'
+BASIC = 'Basic realm="tokensvc"'
+BAD_BEARER = bearer_challenge("The access token is invalid, expired or revoked.")
 
 
 def directory(http: httpx.AsyncClient) -> ClientDirectory:
     clients = http.app.state.services.clients  # type: ignore[attr-defined]
     assert isinstance(clients, ClientDirectory)
     return clients
-
-
-def auth(client: dict[str, Any]) -> tuple[str, str]:
-    return client["client_id"], client["client_secret"]
 
 
 async def wait_for(predicate: Callable[[], bool], what: str, limit: float = 10.0) -> None:
@@ -55,11 +43,7 @@ async def wait_for(predicate: Callable[[], bool], what: str, limit: float = 10.0
 
 def assert_invalid_client(resp: httpx.Response, description: str = "Client authentication failed.",
                           basic: bool = True) -> None:
-    assert resp.status_code == 401, resp.text
-    assert resp.json() == {"error": "invalid_client", "error_description": description,
-                           "message": description}
-    assert resp.headers.get("www-authenticate") == (BASIC["www-authenticate"] if basic else None)
-    assert resp.headers["cache-control"] == "no-store" and resp.headers["pragma"] == "no-cache"
+    assert_error(resp, 401, "invalid_client", description, BASIC if basic else None)
 
 
 def assert_token(resp: httpx.Response) -> dict[str, Any]:
@@ -70,15 +54,10 @@ def assert_token(resp: httpx.Response) -> dict[str, Any]:
     return body
 
 
-@contextlib.asynccontextmanager
-async def instance(redis_url: str, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """An app on a Redis URL of our choosing (app_factory always uses the default user)."""
-    app = create_app(make_settings(redis_url, **overrides))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            http.app = app  # type: ignore[attr-defined]
-            yield http
+def instance(redis_url: str, **overrides: Any) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
+    """An app on a Redis URL of our choosing (app_factory always uses the default user), not
+    waiting for its subscription, which may be what the test keeps down."""
+    return running_app(make_settings(redis_url, **overrides), wait_live=False)
 
 
 @pytest.fixture

@@ -15,8 +15,11 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import ADMIN, RedisServer
-from tests.live import Service, metric, serving
+from tests.support.api import active, auth, new_client, new_user
+from tests.support.config import ADMIN
+from tests.support.metrics import metric
+from tests.support.redis_servers import RedisServer
+from tests.support.service import Service, serving
 
 Client = dict[str, Any]
 
@@ -37,14 +40,6 @@ async def https(services: list[Service]) -> AsyncIterator[list[httpx.AsyncClient
             await http.aclose()
 
 
-async def create_client(http: httpx.AsyncClient, **fields: Any) -> Client:
-    resp = await http.post("/admin/clients", headers=ADMIN,
-                           json={"name": "live", "scopes": ["read", "write"], **fields})
-    assert resp.status_code == 201, resp.text
-    doc: Client = resp.json()
-    return doc
-
-
 async def wait_for_metric(svc: Service, name: str, at_least: float) -> None:
     """Counts reach the scrape within the 1 s flush."""
     for _ in range(50):
@@ -54,26 +49,16 @@ async def wait_for_metric(svc: Service, name: str, at_least: float) -> None:
     raise AssertionError(f"{name} stayed below {at_least} on {svc.url}")
 
 
-def auth(client: Client, secret: str | None = None) -> tuple[str, str]:
-    return client["client_id"], secret or client["client_secret"]
-
-
 async def cc(http: httpx.AsyncClient, client: Client, secret: str | None = None) -> httpx.Response:
     return await http.post("/oauth/token", data={"grant_type": "client_credentials"},
                            auth=auth(client, secret))
 
 
-async def active(http: httpx.AsyncClient, client: Client, token: str) -> bool:
-    resp = await http.post("/oauth/introspect", data={"token": token}, auth=auth(client))
-    assert resp.status_code == 200, resp.text
-    return bool(resp.json()["active"])
-
-
 async def test_issued_on_one_introspected_on_another_revoked_on_the_third(
         https: list[httpx.AsyncClient]) -> None:
     one, two, three = https
-    client = await create_client(one)
-    checker = await create_client(two)
+    client = await new_client(one)
+    checker = await new_client(two)
     await new_user(one)
     issued = await one.post("/oauth/token", auth=auth(client), data={
         "grant_type": "password", "username": "alice", "password": "correct horse"})
@@ -107,12 +92,6 @@ async def test_issued_on_one_introspected_on_another_revoked_on_the_third(
     assert await asyncio.gather(*(active(http, checker, other) for http in https)) == [True] * 3
 
 
-async def new_user(http: httpx.AsyncClient) -> None:
-    resp = await http.post("/admin/users", headers=ADMIN,
-                           json={"username": "alice", "password": "correct horse", "verified": True})
-    assert resp.status_code == 201, resp.text
-
-
 def assert_invalid_client(resp: httpx.Response) -> None:
     assert resp.status_code == 401, resp.text
     assert resp.json()["error"] == "invalid_client"
@@ -121,7 +100,7 @@ def assert_invalid_client(resp: httpx.Response) -> None:
 async def test_secret_rotated_on_one_is_refused_by_the_others_on_the_next_request(
         services: list[Service], https: list[httpx.AsyncClient]) -> None:
     one, two, three = https
-    client = await create_client(one)
+    client = await new_client(one)
     old = client["client_secret"]
     for _ in range(2):  # warm: every instance has verified the old secret and caches it
         for http in https:
@@ -160,8 +139,8 @@ async def test_secret_rotated_on_one_is_refused_by_the_others_on_the_next_reques
 
 async def test_client_revoked_on_one_is_refused_everywhere(https: list[httpx.AsyncClient]) -> None:
     one, two, three = https
-    client = await create_client(one)
-    checker = await create_client(one)
+    client = await new_client(one)
+    checker = await new_client(one)
     tokens = []
     for http in https:  # warm every cache, with a token from each instance
         resp = await cc(http, client)

@@ -11,56 +11,22 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import (
-    ADMIN,
-    ADMIN_KEY,
-    SECRET_KEY,
-    AppFactory,
-    RedisServer,
-    cc_token,
-    free_port,
-    new_client,
-    new_user,
-    password_token,
-)
+from tests.support.api import cc_token, new_client, new_user, password_token
+from tests.support.apps import AppFactory
+from tests.support.config import ADMIN
+from tests.support.metrics import delta, parse, scrape, scrape_until, value
+from tests.support.redis_servers import RedisServer
+from tests.support.service import Service
 from tokensvc import metrics
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(body: str) -> Samples:
-    out: Samples = {}
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return out
-
-
-async def scrape(http: httpx.AsyncClient) -> Samples:
-    resp = await http.get("/metrics")
-    assert resp.status_code == 200, resp.text
-    assert resp.headers["content-type"].startswith("text/plain")
-    return parse(resp.text)
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sum over every series of `name` whose labels include `labels`."""
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
-
-
-def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
-    return value(after, name, **labels) - value(before, name, **labels)
-
+ISSUED = "tokensvc_tokens_issued_total"
 
 async def test_token_traffic_is_counted_exactly(http: httpx.AsyncClient) -> None:
     client = await new_client(http)
@@ -169,7 +135,7 @@ async def test_revocations_lockouts_codes_and_reuse(app_factory: AppFactory) -> 
 
 
 async def test_authorization_codes_are_counted(http: httpx.AsyncClient) -> None:
-    from tests.authflow import get_code, redeem, web_app
+    from tests.support.authflow import get_code, redeem, web_app
 
     await new_user(http)
     app = await web_app(http)
@@ -221,33 +187,14 @@ async def test_a_metrics_port_takes_metrics_off_the_service_port(app_factory: Ap
 
 
 @pytest.fixture
-def served(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[str, str, Path, int]]:
-    """A real `tokensvc serve --workers 2 --metrics-port P`: (service URL, metrics URL, data dir)."""
-    port, metrics_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("TOKENSVC_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update({"TOKENSVC_REDIS_URL": redis_server.url, "TOKENSVC_ADMIN_KEY": ADMIN_KEY,
-                "TOKENSVC_SECRET_KEYS": SECRET_KEY, "TOKENSVC_PASSWORD_TIME_COST": "1",
-                "TOKENSVC_PASSWORD_MEMORY_COST": "1024", "TOKENSVC_DATA_DIR": str(tmp_path)})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tokensvc", "serve", "--port", str(port), "--workers", "2",
-         "--metrics-port", str(metrics_port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+def served(redis_server: RedisServer, tmp_path: Path) -> Iterator[Service]:
+    """A real `tokensvc serve --workers 2 --metrics-port P`, its data in tmp_path."""
+    svc = Service.deployed(redis_server.url, tmp_path, workers=2, metrics_port=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "tokensvc did not start"
-            time.sleep(0.1)
-        yield url, f"http://127.0.0.1:{metrics_port}/metrics", tmp_path, proc.pid
+        svc.start().wait_ready()
+        yield svc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
+        svc.stop()
 
 
 def workers_of(pid: int) -> set[int]:
@@ -264,18 +211,8 @@ def workers_of(pid: int) -> set[int]:
     return workers
 
 
-def scrape_until(metrics_url: str, issued: float) -> Samples:
-    """Workers fold their counts into the shared files every second (metrics.FLUSH_SECONDS)."""
-    deadline = time.monotonic() + 5
-    while True:
-        samples = parse(httpx.get(metrics_url).text)
-        if value(samples, "tokensvc_tokens_issued_total") == issued or time.monotonic() > deadline:
-            return samples
-        time.sleep(0.2)
-
-
-def test_serve_with_workers_and_a_metrics_port(served: tuple[str, str, Path, int]) -> None:
-    url, metrics_url, data_dir, pid = served
+def test_serve_with_workers_and_a_metrics_port(served: Service) -> None:
+    url, metrics_url, data_dir = served.url, served.metrics_url, served.workdir
     created = httpx.post(f"{url}/admin/clients", headers=ADMIN, json={"name": "m"})
     assert created.status_code == 201, created.text
     client = created.json()
@@ -285,7 +222,7 @@ def test_serve_with_workers_and_a_metrics_port(served: tuple[str, str, Path, int
         resp = httpx.post(f"{url}/oauth/token", data={"grant_type": "client_credentials"}, auth=auth)
         assert resp.status_code == 200, resp.text
     assert httpx.get(f"{url}/metrics").status_code == 404
-    samples = scrape_until(metrics_url, 30)
+    samples = scrape_until(metrics_url, ISSUED, 30)
     assert value(samples, "tokensvc_tokens_issued_total") == 30
     # The secret's verifier was written when the client was made: no worker ran argon2 for it,
     # every request was answered from the verifier.
@@ -296,14 +233,15 @@ def test_serve_with_workers_and_a_metrics_port(served: tuple[str, str, Path, int
     assert {"counter", "histogram", "gauge_livesum"} <= files
 
 
-def test_a_restarted_worker_loses_no_counts(served: tuple[str, str, Path, int]) -> None:
-    url, metrics_url, _, pid = served
+def test_a_restarted_worker_loses_no_counts(served: Service) -> None:
+    assert served.proc is not None
+    url, metrics_url, pid = served.url, served.metrics_url, served.proc.pid
     client = httpx.post(f"{url}/admin/clients", headers=ADMIN, json={"name": "m"}).json()
     auth = (client["client_id"], client["client_secret"])
     for _ in range(20):
         assert httpx.post(f"{url}/oauth/token", data={"grant_type": "client_credentials"},
                           auth=auth).status_code == 200
-    assert value(scrape_until(metrics_url, 20), "tokensvc_tokens_issued_total") == 20
+    assert value(scrape_until(metrics_url, ISSUED, 20), ISSUED) == 20
     workers = workers_of(pid)
     assert len(workers) == 2, workers
     # Stop one worker; the supervisor starts another in its place.
@@ -315,4 +253,4 @@ def test_a_restarted_worker_loses_no_counts(served: tuple[str, str, Path, int]) 
     for _ in range(10):
         assert httpx.post(f"{url}/oauth/token", data={"grant_type": "client_credentials"},
                           auth=auth).status_code == 200
-    assert value(scrape_until(metrics_url, 30), "tokensvc_tokens_issued_total") == 30
+    assert value(scrape_until(metrics_url, ISSUED, 30), ISSUED) == 30

@@ -15,17 +15,12 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import (
-    ADMIN,
-    AppFactory,
-    RedisServer,
-    cc_token,
-    data_keys,
-    introspect,
-    new_client,
-    new_user,
-    password_token,
-)
+from tests.support.api import auth, cc_token, introspect, new_client, new_user, password_token
+from tests.support.apps import AppFactory
+from tests.support.assertions import assert_error, bearer_challenge
+from tests.support.config import ADMIN
+from tests.support.redis_servers import RedisServer
+from tests.support.stored import data_keys
 from tokensvc.clients import ClientDirectory
 
 BOUND = 3.0  # seconds any request may take while Redis is down or hung
@@ -63,10 +58,6 @@ async def make_world(http: httpx.AsyncClient) -> World:
     assert (await introspect(http, rs, cc.json()["access_token"]))["active"] is True
     return World(client, rs, username, cc.json()["access_token"], tokens.json()["access_token"],
                  tokens.json()["refresh_token"])
-
-
-def auth(client: dict[str, Any]) -> tuple[str, str]:
-    return client["client_id"], client["client_secret"]
 
 
 Call = Callable[[httpx.AsyncClient, World], Awaitable[httpx.Response]]
@@ -204,10 +195,6 @@ async def test_forged_token_needs_no_redis(app_factory: AppFactory, redis_server
         try:
             resp = await http.post("/login", headers={"Authorization": "Bearer tsv_at_forged"})
             description = "The access token is invalid, expired or revoked."
-            assert resp.status_code == 401
-            assert resp.json() == {"error": "invalid_token", "error_description": description,
-                                   "message": description}
-            assert resp.headers["www-authenticate"] == (
-                f'Bearer realm="tokensvc", error="invalid_token", error_description="{description}"')
+            assert_error(resp, 401, "invalid_token", description, bearer_challenge(description))
         finally:
             redis_server.start()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -11,35 +10,19 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import ADMIN, SECRET_KEY, AppFactory, new_client, new_user, password_token
+from tests.support.api import introspect, new_client, new_user, password_token
+from tests.support.apps import ON_SINGLE_AND_CLUSTER, AppFactory
+from tests.support.assertions import assert_error, assert_tokens
+from tests.support.config import ADMIN
+from tests.support.stored import failure_keys
 from tokensvc.store import keys
-from tokensvc.tokens import REFRESH, TOKEN_LEN, TokenCodec
 
-CODEC = TokenCodec([SECRET_KEY])
 WRONG = "Invalid username or password."
 LOCKED = "The user is locked after too many failed logins."
 UNVERIFIED = "The user is not verified, and this client requires verified users."
 Client = dict[str, Any]
 
-
-def assert_error(resp: httpx.Response, status: int, error: str, description: str) -> None:
-    assert resp.status_code == status, resp.text
-    assert resp.json() == {"error": error, "error_description": description, "message": description}
-    assert resp.headers["content-type"] == "application/json"
-    assert resp.headers["cache-control"] == "no-store"
-    assert resp.headers["pragma"] == "no-cache"
-    assert "www-authenticate" not in resp.headers
-
-
-def assert_issued(resp: httpx.Response, scope: str | None = "read write") -> dict[str, Any]:
-    assert resp.status_code == 200, resp.text
-    assert resp.headers["cache-control"] == "no-store" and resp.headers["pragma"] == "no-cache"
-    body: dict[str, Any] = resp.json()
-    assert set(body) == {"access_token", "token_type", "expires_in", "scope", "refresh_token"}
-    assert body["token_type"] == "Bearer" and body["expires_in"] == 3600 and body["scope"] == scope
-    assert body["access_token"].startswith("tsv_at_") and len(body["access_token"]) == TOKEN_LEN
-    assert CODEC.parse(body["refresh_token"], REFRESH) is not None
-    return body
+pytestmark = ON_SINGLE_AND_CLUSTER
 
 
 async def login(http: httpx.AsyncClient, client: Client, password: str, username: str = "alice",
@@ -47,34 +30,20 @@ async def login(http: httpx.AsyncClient, client: Client, password: str, username
     return await password_token(http, client, username=username, password=password, **extra)
 
 
+def assert_issued(resp: httpx.Response, scope: str | None = "read write") -> dict[str, Any]:
+    return assert_tokens(resp, scope=scope)
+
+
 def failures(r: redis.Redis, username: str = "alice") -> int | None:
     raw = r.get(keys.user_failures(username))
     return None if raw is None else int(raw)
-
-
-def failure_keys(r: redis.Redis) -> set[bytes]:
-    return set(r.scan_iter(match="tsv:{u:*}:fails", count=1000))
-
-
-async def introspect_doc(http: httpx.AsyncClient, client: Client, token: str) -> dict[str, Any]:
-    resp = await http.post("/oauth/introspect", data={"token": token},
-                           auth=(client["client_id"], client["client_secret"]))
-    assert resp.status_code == 200, resp.text
-    doc: dict[str, Any] = resp.json()
-    return doc
-
-
-@pytest.fixture
-async def client(http: httpx.AsyncClient) -> Client:
-    await new_user(http)
-    return await new_client(http)
 
 
 async def test_success_returns_access_and_refresh_tokens(http: httpx.AsyncClient, client: Client,
                                                          redis_db: redis.Redis) -> None:
     body = assert_issued(await login(http, client, "correct horse"))
     for token, kind in ((body["access_token"], "Bearer"), (body["refresh_token"], "refresh_token")):
-        doc = await introspect_doc(http, client, token)
+        doc = await introspect(http, client, token)
         assert doc["active"] is True and doc["token_type"] == kind
         assert doc["username"] == "alice" and doc["sub"] == "alice"
         assert doc["client_id"] == client["client_id"] and doc["scope"] == "read write"
@@ -293,17 +262,13 @@ async def test_new_password_applies_at_once(http: httpx.AsyncClient, client: Cli
     assert_issued(await login(http, client, "battery staple"))
 
 
-async def test_stored_record_names_the_user(http: httpx.AsyncClient, client: Client,
-                                            redis_db: redis.Redis) -> None:
+async def test_every_token_names_the_user(http: httpx.AsyncClient, client: Client) -> None:
     body = assert_issued(await login(http, client, "correct horse"))
-    for token, kind in ((body["access_token"], "at"), (body["refresh_token"], "rt")):
-        parsed = CODEC.parse(token)
-        assert parsed is not None
-        raw = redis_db.get(keys.token(parsed.grant_id, parsed.digest))
-        assert raw is not None
-        record = json.loads(raw)
-        assert (record["k"], record["u"], record["c"], record["s"]) == (
-            kind, "alice", client["client_id"], "read write")
+    rs = await new_client(http, name="resource server")
+    for token, kind in ((body["access_token"], "Bearer"), (body["refresh_token"], "refresh_token")):
+        doc = await introspect(http, rs, token)
+        assert (doc["token_type"], doc["username"], doc["sub"], doc["client_id"], doc["scope"]) == (
+            kind, "alice", "alice", client["client_id"], "read write")
 
 
 async def test_concurrent_guesses_check_at_most_the_limit(app_factory: AppFactory,
@@ -351,11 +316,11 @@ async def test_deleting_a_user_ends_their_tokens(http: httpx.AsyncClient, client
     assert resp.status_code == 204, resp.text
     for token in (second["access_token"], second["refresh_token"],
                   rotated.json()["access_token"], rotated.json()["refresh_token"]):
-        assert await introspect_doc(http, client, token) == {"active": False}
+        assert await introspect(http, client, token) == {"active": False}
     refused = await http.post("/oauth/token", data={
         "grant_type": "refresh_token", "refresh_token": rotated.json()["refresh_token"],
         "client_id": client["client_id"], "client_secret": client["client_secret"]})
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
     assert not list(redis_db.scan_iter(match=keys.user_grants("alice")))
     # Another user's tokens are untouched.
-    assert (await introspect_doc(http, client, bobs["access_token"]))["active"] is True
+    assert (await introspect(http, client, bobs["access_token"]))["active"] is True

@@ -9,27 +9,15 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import (
-    ADMIN,
-    SECRET_KEY,
-    cc_token,
-    new_client,
-    new_user,
-    password_token,
-)
-from tokensvc.store import keys
+from tests.support.api import cc_token, new_client, password_token
+from tests.support.assertions import assert_error, assert_json, bearer_challenge
+from tests.support.config import ADMIN
+from tests.support.stored import CODEC, expire_now, token_key
 from tokensvc.tokens import ACCESS, CODE, TokenCodec, new_grant_id
 
-CODEC = TokenCodec([SECRET_KEY])
 INVALID = "The access token is invalid, expired or revoked."
 MISSING = "An access token is required (Authorization: Bearer ...)."
 ENDPOINTS = [("POST", "/login"), ("GET", "/oauth/userinfo")]
-
-
-def token_key(token: str) -> str:
-    parsed = CODEC.parse(token)
-    assert parsed is not None
-    return keys.token(parsed.grant_id, parsed.digest)
 
 
 async def call(http: httpx.AsyncClient, method: str, path: str,
@@ -39,27 +27,12 @@ async def call(http: httpx.AsyncClient, method: str, path: str,
 
 
 def assert_principal(resp: httpx.Response, expected: dict[str, Any]) -> None:
-    assert resp.status_code == 200, resp.text
-    assert resp.headers["content-type"] == "application/json"
-    assert resp.headers["cache-control"] == "no-store" and resp.headers["pragma"] == "no-cache"
+    assert assert_json(resp) == expected
     assert "www-authenticate" not in resp.headers
-    assert resp.json() == expected
 
 
 def assert_invalid_token(resp: httpx.Response, description: str = INVALID) -> None:
-    assert resp.status_code == 401, resp.text
-    assert resp.json() == {"error": "invalid_token", "error_description": description,
-                           "message": description}
-    assert resp.headers["www-authenticate"] == (
-        f'Bearer realm="tokensvc", error="invalid_token", error_description="{description}"')
-    assert resp.headers["content-type"] == "application/json"
-    assert resp.headers["cache-control"] == "no-store" and resp.headers["pragma"] == "no-cache"
-
-
-@pytest.fixture
-async def client(http: httpx.AsyncClient) -> dict[str, Any]:
-    await new_user(http)
-    return await new_client(http)
+    assert_error(resp, 401, "invalid_token", description, bearer_challenge(description))
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
@@ -131,11 +104,7 @@ async def test_expired_token(http: httpx.AsyncClient, client: dict[str, Any], re
                              method: str, path: str) -> None:
     token = (await password_token(http, client)).json()["access_token"]
     assert (await call(http, method, path, f"Bearer {token}")).status_code == 200
-    assert redis_db.pexpire(token_key(token), 1)
-    deadline = time.monotonic() + 2
-    while redis_db.pttl(token_key(token)) != -2:
-        assert time.monotonic() < deadline
-        time.sleep(0.002)
+    expire_now(redis_db, token_key(token))
     assert_invalid_token(await call(http, method, path, f"Bearer {token}"))
 
 

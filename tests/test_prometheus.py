@@ -15,7 +15,7 @@
   files must show that both workers issued some of them.
 
 Without prometheus/promtool (`make prometheus` installs Debian's package as root) the tests that
-need them are skipped, saying so.
+need them are skipped, saying so; in CI (CI=true) they fail instead.
 """
 
 from __future__ import annotations
@@ -24,11 +24,9 @@ import asyncio
 import datetime as dt
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -42,9 +40,10 @@ import yaml
 from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.metrics import MetricWrapperBase
 
-from tests import authflow
-from tests.browser.conftest import LiveServer
-from tests.conftest import ADMIN_KEY, SECRET_KEY, RedisServer, free_port, new_client, new_user
+from tests.support import authflow
+from tests.support.api import new_client, new_user
+from tests.support.redis_servers import RedisServer, free_port
+from tests.support.service import Process, Service
 from tokensvc import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,10 +55,8 @@ JOB = "tokensvc"
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
-requires_prometheus = pytest.mark.skipif(
-    PROMETHEUS is None or PROMTOOL is None,
-    reason="Debian's prometheus package (prometheus, promtool) is not installed: `make prometheus` "
-           "installs it when run as root, or `sudo apt-get install prometheus`")
+# Without them: skipped, or in CI failed (tests/support/tools.py).
+requires_prometheus = pytest.mark.usefixtures("prometheus_tools")
 
 # Dashboard variables as Grafana would fill them in for this test's Prometheus (scraping every
 # second; Grafana's $__rate_interval is at least four scrape intervals, 1m at its default 15s).
@@ -302,13 +299,14 @@ def test_dashboard_imports_as_is() -> None:
 # -- end to end: a real tokensvc and a real Prometheus ---------------------------------------
 
 
-@dataclass
-class Prometheus:
+class Prometheus(Process):
     """A running Prometheus server and its HTTP API."""
 
-    url: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
+    name = "prometheus"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir, "prometheus.log")
+        self.url = ""
 
     def api(self, path: str, **params: str) -> Any:
         resp = httpx.get(f"{self.url}/api/v1/{path}", params=params, timeout=5.0)
@@ -334,23 +332,11 @@ class Prometheus:
 
     @property
     def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def check_running(self) -> None:
-        if self.proc.poll() is not None:
-            pytest.fail(f"prometheus exited with {self.proc.returncode}:\n{self.output}")
+        return super().output[-4000:]
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + WAIT_SECONDS
-        while time.monotonic() < deadline:
-            self.check_running()
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        pytest.fail(f"prometheus was not ready within {WAIT_SECONDS} s:\n{self.output}")
+        self.wait_until(lambda: httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200,
+                        "ready", WAIT_SECONDS)
 
     def wait_scraping(self) -> None:
         """Until the target has been scraped successfully (Prometheus applies its targets a few
@@ -364,53 +350,16 @@ class Prometheus:
         pytest.fail(f"prometheus did not scrape tokensvc within {WAIT_SECONDS} s:\n"
                     f"{self.targets()}\n{self.output}")
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
 
 @dataclass
 class Stack:
-    """`tokensvc serve --workers 2` (as the browser tests' LiveServer), its redis-server, where
-    its workers keep their metrics, and the Prometheus scraping it."""
+    """`tokensvc serve --workers 2`, its redis-server, where its workers keep their metrics,
+    and the Prometheus scraping it."""
 
-    live: LiveServer
+    live: Service
     redis: RedisServer
     metrics_dir: Path
     prometheus: Prometheus
-
-
-def start_tokensvc(workdir: Path, port: int, redis_server: RedisServer) -> LiveServer:
-    """`tokensvc serve` with two workers, cheap argon2 and a temporary data dir (not waited for)."""
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("TOKENSVC_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update({
-        "TOKENSVC_HOST": "127.0.0.1",
-        "TOKENSVC_PORT": str(port),
-        # tests/authflow.py checks the `iss` of redirects against the in-process tests' issuer.
-        "TOKENSVC_ISSUER": authflow.ISSUER,
-        "TOKENSVC_REDIS_URL": redis_server.url,
-        "TOKENSVC_ADMIN_KEY": ADMIN_KEY,
-        "TOKENSVC_SECRET_KEYS": SECRET_KEY,
-        "TOKENSVC_DATA_DIR": str(workdir / "var"),
-        "TOKENSVC_WORKERS": "2",
-        "TOKENSVC_PASSWORD_TIME_COST": "1",
-        "TOKENSVC_PASSWORD_MEMORY_COST": "1024",
-        "TOKENSVC_REDIS_TIMEOUT": "0.5",
-        "TOKENSVC_LOG_LEVEL": "warning",
-    })
-    log_path = workdir / "serve.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tokensvc", "serve"], cwd=workdir, env=env,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    return LiveServer(url=url, admin_key=ADMIN_KEY, redis_url=redis_server.url, proc=proc,
-                      log_path=log_path)
 
 
 def start_prometheus(workdir: Path, target_port: int) -> Prometheus:
@@ -427,31 +376,28 @@ def start_prometheus(workdir: Path, target_port: int) -> Prometheus:
     config_path = workdir / "prometheus.yml"
     config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
     port = free_port()
-    log_path = workdir / "prometheus.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    return Prometheus(f"http://127.0.0.1:{port}", proc, log_path)
+    prometheus = Prometheus(workdir)
+    prometheus.url = f"http://127.0.0.1:{port}"
+    prometheus.spawn([PROMETHEUS, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+                      f"--web.listen-address=127.0.0.1:{port}"])
+    return prometheus
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """tokensvc and Prometheus, started side by side, ready and scraping. The redis-server is
-    the service's own (tests/conftest.py's RedisServer), since the test stops it for a moment."""
+    the service's own, since the test stops it for a moment."""
     workdir = tmp_path_factory.mktemp("prometheus-e2e")
-    redis_server = RedisServer(workdir)
+    redis_server = RedisServer(workdir / "redis")
     redis_server.start()
-    port = free_port()
-    live = start_tokensvc(workdir, port, redis_server)
-    prometheus = start_prometheus(workdir, port)
+    live = Service.deployed(redis_server.url, workdir / "var", workers=2, log_level="warning").start()
+    prometheus = start_prometheus(workdir, live.port)
     try:
         live.wait_ready()
         prometheus.wait_ready()
         prometheus.wait_scraping()
         # Where `tokensvc serve` puts the multiprocess files by default (tokensvc/cli.py).
-        metrics_dir = workdir / "var" / f"metrics-{port}"
+        metrics_dir = workdir / "var" / f"metrics-{live.port}"
         assert metrics_dir.is_dir(), f"no {metrics_dir}:\n{live.output}"
         yield Stack(live, redis_server, metrics_dir, prometheus)
     finally:

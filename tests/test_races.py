@@ -15,9 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.authflow import CB, VERIFIER, get_code, web_app
-from tests.conftest import ADMIN, RedisServer, new_client, new_user
-from tests.live import Answer, Call, Service, burst, process_pool, serving, settled_metric
+from tests.support.api import new_client, new_user
+from tests.support.authflow import CB, VERIFIER, get_code, web_app
+from tests.support.config import ADMIN
+from tests.support.load import Answer, Call, burst, process_pool
+from tests.support.metrics import settled_metric
+from tests.support.redis_servers import RedisServer
+from tests.support.service import Service, serving
 from tokensvc.store import keys
 
 LIMIT = 50  # max_user_login_attempts of the service under test

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import Service
+from tests.test_cli import CliService
 
 README = Path(__file__).parent.parent / "README.md"
 TOUR_HEADING = "## A five-minute tour"
@@ -51,10 +51,10 @@ def test_the_script_reads_naturally() -> None:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the tour uses curl")
 def test_readme_tour_works_as_written(tmp_path: Path) -> None:
-    svc = Service(tmp_path)
+    svc = CliService(tmp_path).start()
     try:
         svc.wait_ready()
-        env = {**svc.env, "BASE": svc.base}
+        env = {**svc.env, "BASE": svc.url}
         run = subprocess.run(["bash", "-euo", "pipefail", "-c", tour_script()], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=120)
     finally:

@@ -12,63 +12,23 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import (
-    ADMIN,
-    SECRET_KEY,
-    AppFactory,
-    introspect,
-    new_client,
-    new_user,
-    password_token,
-)
+from tests.support.api import active, introspect, new_client, new_user, password_token, refresh
+from tests.support.apps import AppFactory
+from tests.support.assertions import assert_error, assert_tokens
+from tests.support.config import ADMIN
+from tests.support.stored import CODEC, grant_of, snapshot, token_key
 from tokensvc.store import keys
-from tokensvc.tokens import ACCESS, CODE, REFRESH, TokenCodec
+from tokensvc.tokens import CODE, REFRESH, TokenCodec
 
-CODEC = TokenCodec([SECRET_KEY])
 INVALID = "The refresh token is invalid, expired or revoked."
 REUSED = "The refresh token was already used; the grant has been revoked."
 FOREIGN = "The refresh token was issued to another client."
 Client = dict[str, Any]
 
 
-def assert_error(resp: httpx.Response, status: int, error: str, description: str) -> None:
-    assert resp.status_code == status, resp.text
-    assert resp.json() == {"error": error, "error_description": description, "message": description}
-    assert resp.headers["content-type"] == "application/json"
-    assert resp.headers["cache-control"] == "no-store"
-    assert resp.headers["pragma"] == "no-cache"
-    assert "www-authenticate" not in resp.headers
-
-
 def assert_issued(resp: httpx.Response, scope: str | None = "read write",
                   expires_in: int = 3600) -> dict[str, Any]:
-    assert resp.status_code == 200, resp.text
-    assert resp.headers["cache-control"] == "no-store" and resp.headers["pragma"] == "no-cache"
-    body: dict[str, Any] = resp.json()
-    assert set(body) == {"access_token", "token_type", "expires_in", "scope", "refresh_token"}
-    assert body["token_type"] == "Bearer"
-    assert body["expires_in"] == expires_in
-    assert body["scope"] == scope
-    assert CODEC.parse(body["access_token"], ACCESS) is not None
-    assert CODEC.parse(body["refresh_token"], REFRESH) is not None
-    return body
-
-
-def grant_of(token: str) -> str:
-    parsed = CODEC.parse(token)
-    assert parsed is not None
-    return parsed.grant_id
-
-
-def token_key(token: str) -> str:
-    parsed = CODEC.parse(token)
-    assert parsed is not None
-    return keys.token(parsed.grant_id, parsed.digest)
-
-
-def snapshot(r: redis.Redis) -> dict[bytes, bytes | None]:
-    """Every key and its serialized value (not its TTL, which ticks)."""
-    return {key: r.dump(key) for key in r.scan_iter(count=1000)}
+    return assert_tokens(resp, scope=scope, expires_in=expires_in)
 
 
 def command_calls(r: redis.Redis) -> dict[str, int]:
@@ -76,28 +36,6 @@ def command_calls(r: redis.Redis) -> dict[str, int]:
     stats: dict[str, dict[str, int]] = r.info("commandstats")
     return {name: int(s["calls"]) for name, s in stats.items()
             if name not in ("cmdstat_info", "cmdstat_ping")}
-
-
-async def refresh(http: httpx.AsyncClient, client: Client, rt: str, **extra: str) -> httpx.Response:
-    return await http.post("/oauth/token", data={"grant_type": "refresh_token", "refresh_token": rt,
-                                                 **extra},
-                           auth=(client["client_id"], client["client_secret"]))
-
-
-async def active(http: httpx.AsyncClient, rs: Client, token: str) -> bool:
-    doc = await introspect(http, rs, token)
-    if doc["active"] is False:
-        assert doc == {"active": False}
-        return False
-    assert doc["active"] is True
-    return True
-
-
-@pytest.fixture
-async def parties(http: httpx.AsyncClient) -> tuple[Client, Client]:
-    """The client that owns the grant, and a resource server that introspects its tokens."""
-    await new_user(http)
-    return await new_client(http), await new_client(http, name="resource server")
 
 
 async def start(http: httpx.AsyncClient, client: Client, **extra: str) -> dict[str, Any]:
@@ -236,7 +174,8 @@ async def test_refresh_token_at_introspection(http: httpx.AsyncClient,
 
 
 def _set_rotated_at(r: redis.Redis, token: str, rotated_ms: int) -> None:
-    """Move the moment a refresh token was rotated, as if time had passed since."""
+    """Move the moment a refresh token was rotated, as if time had passed since. No request
+    can age a rotation, so this writes the service's record format (its `rot` field)."""
     key = token_key(token)
     raw = r.get(key)
     assert raw is not None

@@ -12,7 +12,11 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import ADMIN, AppFactory, RedisServer, data_keys
+from tests.support.apps import AppFactory
+from tests.support.assertions import assert_error, assert_json, bearer_challenge
+from tests.support.config import ADMIN
+from tests.support.redis_servers import RedisServer
+from tests.support.stored import data_keys
 from tokensvc.store import keys
 
 SERVICE_SCOPES = ["read", "write", "offline_access"]  # the default scope_descriptions
@@ -23,24 +27,10 @@ GANCIO = {"client_name": "Wordpress Event Manager", "redirect_uris": "https://no
 RFC7591 = {"client_name": "Calendar", "redirect_uris": ["https://cal.example/cb"]}
 
 
-def error(name: str, description: str) -> dict[str, str]:
-    return {"error": name, "error_description": description, "message": description}
-
-
 def created(resp: httpx.Response) -> dict[str, Any]:
     """A 201 that carries a secret: JSON and never cached."""
-    assert resp.status_code == 201, resp.text
-    assert resp.headers["content-type"] == "application/json"
-    assert resp.headers["cache-control"] == "no-store" and resp.headers["pragma"] == "no-cache"
-    doc: dict[str, Any] = resp.json()
+    doc: dict[str, Any] = assert_json(resp, 201)
     return doc
-
-
-def assert_error(resp: httpx.Response, status: int, name: str, description: str) -> None:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"] == "application/json"
-    assert resp.headers["cache-control"] == "no-store"
-    assert resp.json() == error(name, description)
 
 
 def client_keys(r: redis.Redis) -> list[bytes]:
@@ -67,9 +57,7 @@ async def test_closed_without_the_admin_key(http: httpx.AsyncClient, redis_db: r
     headers = {} if authorization is None else {"Authorization": authorization}
     body = GANCIO if path == "/api/client" else RFC7591
     resp = await http.post(path, json=body, headers=headers)
-    assert_error(resp, 401, "invalid_token", CLOSED)
-    assert resp.headers["www-authenticate"] == (
-        f'Bearer realm="tokensvc", error="invalid_token", error_description="{CLOSED}"')
+    assert_error(resp, 401, "invalid_token", CLOSED, bearer_challenge(CLOSED))
     assert list(data_keys(redis_db)) == []
 
 
@@ -307,7 +295,7 @@ async def test_open_registration_needs_no_key(app_factory: AppFactory, redis_db:
         # A wrong key is still refused rather than quietly treated as anonymous.
         resp = await http.post("/oauth/register", json=RFC7591,
                                headers={"Authorization": "Bearer not-the-admin-key-000"})
-        assert_error(resp, 401, "invalid_token", CLOSED)
+        assert_error(resp, 401, "invalid_token", CLOSED, bearer_challenge(CLOSED))
         # httpx's ASGI transport calls from 127.0.0.1: two registrations counted, one window.
         counter = keys.registrations("127.0.0.1")
         assert redis_db.get(counter) == b"2"

@@ -9,50 +9,23 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import (
-    ADMIN,
-    SECRET_KEY,
-    AppFactory,
-    cc_token,
-    introspect,
-    new_client,
-    new_user,
-    password_token,
-)
+from tests.support.api import active, cc_token, introspect, new_client, new_user, password_token
+from tests.support.apps import AppFactory
+from tests.support.assertions import assert_tokens
+from tests.support.config import ADMIN
+from tests.support.stored import grant_of, token_key, token_keys
 from tokensvc.store import keys
-from tokensvc.tokens import ACCESS, REFRESH, TokenCodec
 
-CODEC = TokenCodec([SECRET_KEY])
 LIFETIME = 3600
 Client = dict[str, Any]
 
 
 def assert_issued(resp: httpx.Response, scope: str | None = "read write",
                   refresh: bool = False) -> dict[str, Any]:
-    assert resp.status_code == 200, resp.text
-    assert resp.headers["cache-control"] == "no-store" and resp.headers["pragma"] == "no-cache"
-    body: dict[str, Any] = resp.json()
-    expected = {"access_token", "token_type", "expires_in", "scope"} | ({"refresh_token"} if refresh
-                                                                        else set())
-    assert set(body) == expected
-    assert body["token_type"] == "Bearer" and body["scope"] == scope
-    assert 0 < body["expires_in"] <= LIFETIME
-    assert CODEC.parse(body["access_token"], ACCESS) is not None
-    if refresh:
-        assert CODEC.parse(body["refresh_token"], REFRESH) is not None
+    """A token with some of its lifetime left: a reused one is not fresh."""
+    body = assert_tokens(resp, scope=scope, refresh=refresh, expires_in=None)
+    assert body["expires_in"] <= LIFETIME
     return body
-
-
-def grant_of(token: str) -> str:
-    parsed = CODEC.parse(token)
-    assert parsed is not None
-    return parsed.grant_id
-
-
-def token_key(token: str) -> str:
-    parsed = CODEC.parse(token)
-    assert parsed is not None
-    return keys.token(parsed.grant_id, parsed.digest)
 
 
 def forget_locally(http: httpx.AsyncClient) -> None:
@@ -64,16 +37,6 @@ def forget_locally(http: httpx.AsyncClient) -> None:
 
 def reuse_key(token: str) -> str:
     return keys.reuse(grant_of(token))
-
-
-def token_keys(r: redis.Redis) -> set[bytes]:
-    return set(r.scan_iter(match="tsv:*:t:*", count=1000))
-
-
-async def active(http: httpx.AsyncClient, rs: Client, token: str) -> bool:
-    result = (await introspect(http, rs, token))["active"]
-    assert isinstance(result, bool)
-    return result
 
 
 async def cc(http: httpx.AsyncClient, client: Client, scope: str | None = None) -> dict[str, Any]:

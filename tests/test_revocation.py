@@ -2,50 +2,23 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from tests.conftest import (
-    ADMIN,
-    SECRET_KEY,
-    AppFactory,
-    cc_token,
-    introspect,
-    new_client,
-    new_user,
-    password_token,
-)
+from tests.support.api import active, auth, cc_token, new_client, new_user, password_token, refresh
+from tests.support.apps import ON_SINGLE_AND_CLUSTER, AppFactory
+from tests.support.assertions import assert_error, bearer_challenge
+from tests.support.config import ADMIN
+from tests.support.stored import CODEC, expire_now, grant_of, snapshot, token_key
 from tokensvc.store import keys
 from tokensvc.tokens import ACCESS, CODE, TokenCodec, new_grant_id
 
-CODEC = TokenCodec([SECRET_KEY])
-BAD_BEARER = 'Bearer realm="tokensvc", error="invalid_token", ' \
-             'error_description="The access token is invalid, expired or revoked."'
+BAD_BEARER = bearer_challenge("The access token is invalid, expired or revoked.")
 
-
-def auth(client: dict[str, Any]) -> tuple[str, str]:
-    return client["client_id"], client["client_secret"]
-
-
-def grant_of(token: str) -> str:
-    parsed = CODEC.parse(token)
-    assert parsed is not None
-    return parsed.grant_id
-
-
-def token_key(token: str) -> str:
-    parsed = CODEC.parse(token)
-    assert parsed is not None
-    return keys.token(parsed.grant_id, parsed.digest)
-
-
-def snapshot(r: redis.Redis) -> dict[bytes, bytes | None]:
-    """Every key and its serialized value (not its TTL, which ticks)."""
-    return {key: r.dump(key) for key in r.scan_iter(count=1000)}
+pytestmark = ON_SINGLE_AND_CLUSTER
 
 
 def grant_keys(r: redis.Redis, grant_id: str) -> set[bytes]:
@@ -60,29 +33,6 @@ def assert_revoked_ok(resp: httpx.Response) -> None:
     assert "www-authenticate" not in resp.headers
 
 
-def assert_error(resp: httpx.Response, status: int, error: str, description: str,
-                 www_authenticate: str | None = None) -> None:
-    assert resp.status_code == status, resp.text
-    assert resp.json() == {"error": error, "error_description": description, "message": description}
-    assert resp.headers["content-type"] == "application/json"
-    assert resp.headers["cache-control"] == "no-store" and resp.headers["pragma"] == "no-cache"
-    assert resp.headers.get("www-authenticate") == www_authenticate
-
-
-async def refresh(http: httpx.AsyncClient, client: dict[str, Any], rt: str) -> httpx.Response:
-    return await http.post("/oauth/token", data={"grant_type": "refresh_token", "refresh_token": rt},
-                           auth=auth(client))
-
-
-async def active(http: httpx.AsyncClient, resource_server: dict[str, Any], token: str) -> bool:
-    doc = await introspect(http, resource_server, token)
-    result = doc["active"]
-    assert isinstance(result, bool)
-    if not result:
-        assert doc == {"active": False}
-    return result
-
-
 async def user_grant(http: httpx.AsyncClient, client: dict[str, Any]) -> tuple[str, str, str]:
     """A password grant refreshed once: (first access token, second access token, live refresh token)."""
     first = await password_token(http, client)
@@ -95,19 +45,10 @@ async def user_grant(http: httpx.AsyncClient, client: dict[str, Any]) -> tuple[s
     return at1, at2, rt2
 
 
-@pytest.fixture
-async def setup(http: httpx.AsyncClient) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The client that owns the tokens, and a resource server that introspects them."""
-    client = await new_client(http)
-    rs = await new_client(http, name="resource server")
-    await new_user(http)
-    return client, rs
-
-
 async def test_hint_access_token_revokes_only_that_access_token(
         http: httpx.AsyncClient, redis_db: redis.Redis,
-        setup: tuple[dict[str, Any], dict[str, Any]]) -> None:
-    client, rs = setup
+        parties: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    client, rs = parties
     at1, at2, rt2 = await user_grant(http, client)
     index = keys.grant_index(grant_of(at2)).encode()
     assert token_key(at2).encode() in redis_db.smembers(index)
@@ -130,8 +71,8 @@ async def test_hint_access_token_revokes_only_that_access_token(
 
 async def test_hint_refresh_token_revokes_it_and_every_access_token_of_the_grant(
         http: httpx.AsyncClient, redis_db: redis.Redis,
-        setup: tuple[dict[str, Any], dict[str, Any]]) -> None:
-    client, rs = setup
+        parties: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    client, rs = parties
     at1, at2, rt2 = await user_grant(http, client)
     other = (await password_token(http, client)).json()  # another grant of the same user
     assert grant_keys(redis_db, grant_of(rt2))
@@ -153,8 +94,8 @@ async def test_hint_refresh_token_revokes_it_and_every_access_token_of_the_grant
 @pytest.mark.parametrize("which", ["access", "refresh"])
 async def test_no_hint_revokes_every_token_of_the_grant(
         http: httpx.AsyncClient, redis_db: redis.Redis,
-        setup: tuple[dict[str, Any], dict[str, Any]], which: str) -> None:
-    client, rs = setup
+        parties: tuple[dict[str, Any], dict[str, Any]], which: str) -> None:
+    client, rs = parties
     at1, at2, rt2 = await user_grant(http, client)
     other = (await password_token(http, client)).json()
 
@@ -171,8 +112,8 @@ async def test_no_hint_revokes_every_token_of_the_grant(
 
 async def test_revoking_a_client_credentials_token(
         http: httpx.AsyncClient, redis_db: redis.Redis,
-        setup: tuple[dict[str, Any], dict[str, Any]]) -> None:
-    client, rs = setup
+        parties: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    client, rs = parties
     first = (await cc_token(http, client)).json()["access_token"]
     second = (await cc_token(http, client)).json()["access_token"]
     resp = await http.post("/oauth/revoke", data={"token": first, "token_type_hint": "access_token"},
@@ -201,8 +142,8 @@ def _forged() -> dict[str, str]:
 @pytest.mark.parametrize("hint", [None, "access_token", "refresh_token"])
 async def test_unknown_malformed_or_forged_token_is_200_and_changes_nothing(
         http: httpx.AsyncClient, redis_db: redis.Redis,
-        setup: tuple[dict[str, Any], dict[str, Any]], name: str, hint: str | None) -> None:
-    client, rs = setup
+        parties: tuple[dict[str, Any], dict[str, Any]], name: str, hint: str | None) -> None:
+    client, rs = parties
     at1, at2, rt2 = await user_grant(http, client)
     token = _forged()[name]
     before = snapshot(redis_db)
@@ -218,9 +159,9 @@ async def test_unknown_malformed_or_forged_token_is_200_and_changes_nothing(
 
 async def test_tampered_copy_of_a_live_token_changes_nothing(
         http: httpx.AsyncClient, redis_db: redis.Redis,
-        setup: tuple[dict[str, Any], dict[str, Any]]) -> None:
+        parties: tuple[dict[str, Any], dict[str, Any]]) -> None:
     """Same grant id, other body: the tag refuses it before Redis is asked."""
-    client, rs = setup
+    client, rs = parties
     at1, at2, rt2 = await user_grant(http, client)
     middle = 7 + 30
     tampered = rt2[:middle] + ("A" if rt2[middle] != "A" else "B") + rt2[middle + 1:]
@@ -236,8 +177,8 @@ async def test_tampered_copy_of_a_live_token_changes_nothing(
 @pytest.mark.parametrize("which", ["access", "refresh"])
 async def test_a_client_cannot_revoke_another_clients_token(
         http: httpx.AsyncClient, redis_db: redis.Redis,
-        setup: tuple[dict[str, Any], dict[str, Any]], hint: str | None, which: str) -> None:
-    client, rs = setup
+        parties: tuple[dict[str, Any], dict[str, Any]], hint: str | None, which: str) -> None:
+    client, rs = parties
     at1, at2, rt2 = await user_grant(http, client)
     token = at2 if which == "access" else rt2
     before = snapshot(redis_db)
@@ -254,8 +195,8 @@ async def test_a_client_cannot_revoke_another_clients_token(
 @pytest.mark.parametrize("where", ["query", "form", "json"])
 async def test_finapi_bearer_revokes_a_user_refresh_token_of_the_same_client(
         http: httpx.AsyncClient, redis_db: redis.Redis,
-        setup: tuple[dict[str, Any], dict[str, Any]], where: str) -> None:
-    client, rs = setup
+        parties: tuple[dict[str, Any], dict[str, Any]], where: str) -> None:
+    client, rs = parties
     own = (await cc_token(http, client)).json()["access_token"]
     at1, at2, rt2 = await user_grant(http, client)
     other = (await password_token(http, client)).json()
@@ -280,8 +221,8 @@ async def test_finapi_bearer_revokes_a_user_refresh_token_of_the_same_client(
 
 async def test_finapi_user_bearer_reaches_only_that_users_tokens(
         http: httpx.AsyncClient, redis_db: redis.Redis,
-        setup: tuple[dict[str, Any], dict[str, Any]]) -> None:
-    client, rs = setup
+        parties: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    client, rs = parties
     await new_user(http, "bob")
     alice = (await password_token(http, client)).json()
     alice_other = (await password_token(http, client)).json()
@@ -305,10 +246,10 @@ async def test_finapi_user_bearer_reaches_only_that_users_tokens(
 
 async def test_a_wrong_hint_does_not_change_what_the_token_is(
         http: httpx.AsyncClient, redis_db: redis.Redis,
-        setup: tuple[dict[str, Any], dict[str, Any]]) -> None:
+        parties: tuple[dict[str, Any], dict[str, Any]]) -> None:
     """RFC 7009 §2.1: the hint only speeds the lookup. A refresh token hinted as an access token
     still takes its grant with it; an access token hinted as a refresh token goes alone."""
-    client, rs = setup
+    client, rs = parties
     at1, at2, rt2 = await user_grant(http, client)
     resp = await http.post("/oauth/revoke", data={"token": at2, "token_type_hint": "refresh_token"},
                            auth=auth(client))
@@ -325,8 +266,8 @@ async def test_a_wrong_hint_does_not_change_what_the_token_is(
 
 async def test_finapi_bearer_of_another_client_is_refused(
         http: httpx.AsyncClient, redis_db: redis.Redis,
-        setup: tuple[dict[str, Any], dict[str, Any]]) -> None:
-    client, rs = setup
+        parties: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    client, rs = parties
     foreign = (await cc_token(http, rs)).json()["access_token"]
     at1, at2, rt2 = await user_grant(http, client)
     before = snapshot(redis_db)
@@ -339,8 +280,8 @@ async def test_finapi_bearer_of_another_client_is_refused(
 
 async def test_finapi_token_in_both_query_and_body_is_invalid_request(
         http: httpx.AsyncClient, redis_db: redis.Redis,
-        setup: tuple[dict[str, Any], dict[str, Any]]) -> None:
-    client, rs = setup
+        parties: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    client, rs = parties
     own = (await cc_token(http, client)).json()["access_token"]
     at1, at2, rt2 = await user_grant(http, client)
     before = snapshot(redis_db)
@@ -353,8 +294,8 @@ async def test_finapi_token_in_both_query_and_body_is_invalid_request(
 @pytest.mark.parametrize("kind", ["garbage", "revoked", "refresh-token", "other-key", "expired"])
 async def test_invalid_bearer_is_401_invalid_token(
         http: httpx.AsyncClient, redis_db: redis.Redis,
-        setup: tuple[dict[str, Any], dict[str, Any]], kind: str) -> None:
-    client, rs = setup
+        parties: tuple[dict[str, Any], dict[str, Any]], kind: str) -> None:
+    client, rs = parties
     at1, at2, rt2 = await user_grant(http, client)
     own = (await cc_token(http, client)).json()["access_token"]
     if kind == "garbage":
@@ -368,11 +309,7 @@ async def test_invalid_bearer_is_401_invalid_token(
     elif kind == "other-key":
         bearer = TokenCodec(["another-server-key-0123456789abcdef"]).mint(ACCESS, new_grant_id()).token
     else:
-        assert redis_db.pexpire(token_key(own), 1)
-        deadline = time.monotonic() + 2
-        while redis_db.pttl(token_key(own)) != -2:
-            assert time.monotonic() < deadline
-            time.sleep(0.002)
+        expire_now(redis_db, token_key(own))
         bearer = own
     before = snapshot(redis_db)
 
@@ -387,8 +324,8 @@ async def test_invalid_bearer_is_401_invalid_token(
 @pytest.mark.parametrize("hint", ["id_token", "ACCESS_TOKEN", "authorization_code"])
 async def test_unsupported_token_type_hint(
         http: httpx.AsyncClient, redis_db: redis.Redis,
-        setup: tuple[dict[str, Any], dict[str, Any]], hint: str) -> None:
-    client, rs = setup
+        parties: tuple[dict[str, Any], dict[str, Any]], hint: str) -> None:
+    client, rs = parties
     at1, at2, rt2 = await user_grant(http, client)
     before = snapshot(redis_db)
     resp = await http.post("/oauth/revoke", data={"token": at2, "token_type_hint": hint},
@@ -401,17 +338,17 @@ async def test_unsupported_token_type_hint(
 
 @pytest.mark.parametrize("data", [{}, {"token": ""}, {"token_type_hint": "access_token"}])
 async def test_missing_token_is_invalid_request(
-        http: httpx.AsyncClient, setup: tuple[dict[str, Any], dict[str, Any]],
+        http: httpx.AsyncClient, parties: tuple[dict[str, Any], dict[str, Any]],
         data: dict[str, str]) -> None:
-    client, _ = setup
+    client, _ = parties
     resp = await http.post("/oauth/revoke", data=data, auth=auth(client))
     assert_error(resp, 400, "invalid_request", "token is required.")
 
 
 async def test_revocation_requires_client_authentication(
         http: httpx.AsyncClient, redis_db: redis.Redis,
-        setup: tuple[dict[str, Any], dict[str, Any]]) -> None:
-    client, rs = setup
+        parties: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    client, rs = parties
     at1, at2, rt2 = await user_grant(http, client)
     before = snapshot(redis_db)
     none = await http.post("/oauth/revoke", data={"token": rt2})
@@ -432,8 +369,8 @@ async def test_revocation_requires_client_authentication(
 
 async def test_public_client_revokes_its_own_tokens_with_client_id_only(
         http: httpx.AsyncClient, redis_db: redis.Redis,
-        setup: tuple[dict[str, Any], dict[str, Any]]) -> None:
-    confidential, rs = setup
+        parties: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    confidential, rs = parties
     public = await new_client(http, name="spa", token_endpoint_auth_method="none")
     assert "client_secret" not in public
     issued = await http.post("/oauth/token", data={
@@ -459,8 +396,8 @@ async def test_public_client_revokes_its_own_tokens_with_client_id_only(
 
 
 async def test_deleting_a_client_ends_all_its_tokens_at_once(
-        http: httpx.AsyncClient, setup: tuple[dict[str, Any], dict[str, Any]]) -> None:
-    client, rs = setup
+        http: httpx.AsyncClient, parties: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    client, rs = parties
     own = (await cc_token(http, client)).json()["access_token"]
     at1, at2, rt2 = await user_grant(http, client)
     survivor = (await password_token(http, rs)).json()

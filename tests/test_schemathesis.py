@@ -10,14 +10,8 @@ runs too, not just the 401; elsewhere schemathesis sends what the security schem
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,7 +27,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import ADMIN, ADMIN_KEY, SECRET_KEY, RedisServer, free_port
+from tests.support.config import ADMIN
+from tests.support.redis_servers import RedisServer
+from tests.support.service import Service
 from tokensvc.openapi import JSON, document
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
@@ -44,47 +40,26 @@ ADMIN_PATHS = ("/admin/clients", "/admin/users", "/oauth/register", "/api/client
 
 
 @pytest.fixture(scope="module")
-def live_url() -> Iterator[str]:
+def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `tokensvc serve` (one worker) on a private redis-server of its own, so no other
     test's FLUSHALL pulls the data from under it."""
-    with tempfile.TemporaryDirectory(prefix="tokensvc-schemathesis-") as tmp:
-        work = Path(tmp)
-        redis = RedisServer(work)
-        redis.start()
-        port = free_port()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("TOKENSVC_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-        env.update({"TOKENSVC_REDIS_URL": redis.url, "TOKENSVC_ADMIN_KEY": ADMIN_KEY,
-                    "TOKENSVC_SECRET_KEYS": SECRET_KEY, "TOKENSVC_PASSWORD_TIME_COST": "1",
-                    "TOKENSVC_PASSWORD_MEMORY_COST": "1024", "TOKENSVC_DATA_DIR": str(work / "var"),
-                    "TOKENSVC_LOG_LEVEL": "warning"})
-        log = (work / "serve.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "tokensvc", "serve", "--port", str(port)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert proc.poll() is None and time.monotonic() < deadline, "tokensvc did not start"
-                time.sleep(0.1)
-            # Something to find: a client and a user, so lookups by id can hit as well as miss.
-            httpx.post(f"{url}/admin/clients", json={"name": "fuzz", "scopes": ["read"]},
-                       headers=ADMIN).raise_for_status()
-            yield url
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-            log.close()
-            redis.stop()
-            # A 5xx leaves its traceback in the log; show it with the failure.
-            tail = (work / "serve.log").read_text(errors="replace")[-4000:]
-            if "Traceback" in tail:
-                print(tail, file=sys.stderr)
+    work = tmp_path_factory.mktemp("schemathesis")
+    redis = RedisServer(work / "redis")
+    redis.start()
+    svc = Service.deployed(redis.url, work / "var", own_issuer=True, log_level="warning")
+    try:
+        svc.start().wait_ready()
+        # Something to find: a client and a user, so lookups by id can hit as well as miss.
+        httpx.post(f"{svc.url}/admin/clients", json={"name": "fuzz", "scopes": ["read"]},
+                   headers=ADMIN).raise_for_status()
+        yield svc.url
+    finally:
+        svc.stop()
+        redis.stop()
+        # A 5xx leaves its traceback in the log; show it with the failure.
+        tail = svc.output[-4000:]
+        if "Traceback" in tail:
+            print(tail, file=sys.stderr)
 
 
 # /metrics: Prometheus exposition text whose content depends on everything else the process did;

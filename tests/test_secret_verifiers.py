@@ -11,7 +11,9 @@ import orjson
 import pytest
 import redis
 
-from tests.conftest import ADMIN, SECRET_KEY, AppFactory, new_client
+from tests.support.api import new_client
+from tests.support.apps import AppFactory
+from tests.support.config import ADMIN, SECRET_KEY
 from tokensvc.clients import ClientDirectory
 from tokensvc.keyring import Keyring, key_id
 from tokensvc.lru import LRU

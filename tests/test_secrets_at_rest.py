@@ -9,19 +9,12 @@ import httpx
 import orjson
 import redis
 
-from tests.conftest import (
-    ADMIN,
-    SECRET_KEY,
-    AppFactory,
-    cc_token,
-    new_client,
-    new_user,
-    password_token,
-)
+from tests.support.api import cc_token, new_client, new_user, password_token
+from tests.support.apps import AppFactory
+from tests.support.config import ADMIN, SECRET_KEY
+from tests.support.stored import CODEC
 from tokensvc.store import keys
-from tokensvc.tokens import TokenCodec
 
-CODEC = TokenCodec([SECRET_KEY])
 PASSWORDS = {"alice": "correct horse battery", "bob": "Tr0ub4dor&3 staple", "carol": "hunter2hunter2"}
 ARGON2ID = re.compile(rb'^\$argon2id\$v=19\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+$')
 

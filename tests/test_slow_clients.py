@@ -8,20 +8,16 @@ its Content-Length is seen, without the service reading it.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 
-from tests.conftest import ADMIN_KEY, SECRET_KEY, RedisServer, free_port
+from tests.support.redis_servers import RedisServer
+from tests.support.service import Service
 
 KEEP_ALIVE = 2
 REQUEST_TIMEOUT = 2
@@ -31,32 +27,15 @@ SLACK = 4.0  # scheduling on a loaded CI machine
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     work: Path = tmp_path_factory.mktemp("slow-clients")
-    redis = RedisServer(work)
+    redis = RedisServer(work / "redis")
     redis.start()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("TOKENSVC_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update({"TOKENSVC_REDIS_URL": redis.url, "TOKENSVC_ADMIN_KEY": ADMIN_KEY,
-                "TOKENSVC_SECRET_KEYS": SECRET_KEY, "TOKENSVC_DATA_DIR": str(work / "var"),
-                "TOKENSVC_KEEP_ALIVE_TIMEOUT": str(KEEP_ALIVE),
-                "TOKENSVC_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT), "TOKENSVC_LOG_LEVEL": "warning"})
-    proc = subprocess.Popen([sys.executable, "-m", "tokensvc", "serve", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    svc = Service.deployed(redis.url, work / "var", keep_alive_timeout=KEEP_ALIVE,
+                           request_timeout=REQUEST_TIMEOUT, log_level="warning")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "tokensvc did not start"
-            time.sleep(0.1)
-        yield "127.0.0.1", port
+        svc.start().wait_ready()
+        yield "127.0.0.1", svc.port
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
+        svc.stop()
         redis.stop()
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import cc_token, introspect, new_client, new_user, password_token
+from tests.support.api import cc_token, introspect, new_client, new_user, password_token
 
 
 async def test_client_credentials_round_trip(http: httpx.AsyncClient) -> None:

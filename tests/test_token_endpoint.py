@@ -11,11 +11,13 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import ADMIN, SECRET_KEY, AppFactory, new_client, new_user
+from tests.support.api import introspect, new_client, new_user
+from tests.support.apps import ON_SINGLE_AND_CLUSTER, AppFactory
+from tests.support.assertions import assert_error, assert_tokens
+from tests.support.config import ADMIN
+from tests.support.stored import grant_of, token_key, token_keys
 from tokensvc.store import keys
-from tokensvc.tokens import ACCESS, REFRESH, TOKEN_LEN, TokenCodec
 
-CODEC = TokenCodec([SECRET_KEY])
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
 BASIC = 'Basic realm="tokensvc"'
@@ -24,65 +26,7 @@ Client = dict[str, Any]
 # A request built for a given client: (body bytes, content type or None).
 Build = Callable[[Client], tuple[bytes, str | None]]
 
-
-def assert_error(resp: httpx.Response, status: int, error: str, description: str,
-                 www_authenticate: str | None = None) -> None:
-    """RFC 6749 §5.2 body (with Gofundo's `message`), no-store headers, and the challenge if any."""
-    assert resp.status_code == status, resp.text
-    assert resp.json() == {"error": error, "error_description": description, "message": description}
-    assert resp.headers["content-type"] == "application/json"
-    assert resp.headers["cache-control"] == "no-store"
-    assert resp.headers["pragma"] == "no-cache"
-    assert resp.headers.get("www-authenticate") == www_authenticate
-
-
-def assert_tokens(resp: httpx.Response, *, expires_in: int, scope: str | None,
-                  refresh: bool) -> dict[str, Any]:
-    """RFC 6749 §5.1: exactly these members, well-formed tokens, no-store headers."""
-    assert resp.status_code == 200, resp.text
-    assert resp.headers["content-type"] == "application/json"
-    assert resp.headers["cache-control"] == "no-store"
-    assert resp.headers["pragma"] == "no-cache"
-    assert "www-authenticate" not in resp.headers
-    body: dict[str, Any] = resp.json()
-    expected = {"access_token", "token_type", "expires_in", "scope"} | ({"refresh_token"} if refresh
-                                                                        else set())
-    assert set(body) == expected
-    assert body["token_type"] == "Bearer"
-    assert body["expires_in"] == expires_in
-    assert body["scope"] == scope
-    at = body["access_token"]
-    assert at.startswith("tsv_at_") and len(at) == TOKEN_LEN
-    parsed = CODEC.parse(at, ACCESS)
-    assert parsed is not None
-    if refresh:
-        rt = body["refresh_token"]
-        assert rt.startswith("tsv_rt_") and len(rt) == TOKEN_LEN
-        rt_parsed = CODEC.parse(rt, REFRESH)
-        assert rt_parsed is not None and rt_parsed.grant_id == parsed.grant_id
-    return body
-
-
-def token_key(token: str) -> str:
-    parsed = CODEC.parse(token)
-    assert parsed is not None
-    return keys.token(parsed.grant_id, parsed.digest)
-
-
-def grant_of(token: str) -> str:
-    parsed = CODEC.parse(token)
-    assert parsed is not None
-    return parsed.grant_id
-
-
-def stored_tokens(r: redis.Redis) -> dict[str, dict[str, Any]]:
-    """Every token key in Redis (SCAN `tsv:*:t:*`) and its decoded record."""
-    out: dict[str, dict[str, Any]] = {}
-    for key in r.scan_iter(match="tsv:*:t:*", count=1000):
-        raw = r.get(key)
-        assert raw is not None
-        out[key.decode()] = json.loads(raw)
-    return out
+pytestmark = ON_SINGLE_AND_CLUSTER
 
 
 def creds(client: Client) -> dict[str, str]:
@@ -101,12 +45,6 @@ async def post(http: httpx.AsyncClient, body: bytes, ctype: str | None,
                path: str = "/oauth/token") -> httpx.Response:
     headers = {} if ctype is None else {"Content-Type": ctype}
     return await http.post(path, content=body, headers=headers)
-
-
-@pytest.fixture
-async def client(http: httpx.AsyncClient) -> Client:
-    await new_user(http)
-    return await new_client(http)
 
 
 # -- body encodings -------------------------------------------------------------------------
@@ -262,7 +200,7 @@ async def test_malformed_requests_are_client_errors(
         body, ctype = build(client)
         resp = await post(http, body, ctype)
         assert_error(resp, status, error, description)
-        assert stored_tokens(redis_db) == {}
+        assert token_keys(redis_db) == set()
 
 
 async def test_grant_not_allowed_for_the_client_is_unauthorized_client(
@@ -278,7 +216,7 @@ async def test_grant_not_allowed_for_the_client_is_unauthorized_client(
     body, ctype = form(users_only, grant_type="client_credentials")
     assert_error(await post(http, body, ctype), 400, "unauthorized_client",
                  "The client may not use grant_type=client_credentials.")
-    assert stored_tokens(redis_db) == {}
+    assert token_keys(redis_db) == set()
 
 
 # -- body size ------------------------------------------------------------------------------
@@ -319,7 +257,7 @@ async def test_body_size_limit(app_factory: AppFactory, redis_db: redis.Redis, s
             assert_tokens(resp, expires_in=3600, scope="read write", refresh=False)
         else:
             assert_error(resp, 413, "invalid_request", f"The body exceeds {LIMIT} bytes.")
-            assert stored_tokens(redis_db) == {}
+            assert token_keys(redis_db) == set()
 
 
 @pytest.mark.parametrize("ctype", ["text/plain", JSON, FORM])
@@ -365,15 +303,14 @@ async def test_response_shape(http: httpx.AsyncClient, redis_db: redis.Redis, pa
     client = await new_client(http, **fields)
     resp = await http.post(path, data={**params, **creds(client)})
     body = assert_tokens(resp, expires_in=3600, scope=scope, refresh=refresh)
-    stored = stored_tokens(redis_db)
     expected = {token_key(body["access_token"])}
     if refresh:
         expected.add(token_key(body["refresh_token"]))
-    assert set(stored) == expected
-    record = stored[token_key(body["access_token"])]
-    assert record["k"] == "at" and record["c"] == client["client_id"]
-    assert record["s"] == (scope or "")
-    assert record.get("u") == params.get("username")
+    assert token_keys(redis_db) == {key.encode() for key in expected}
+    doc = await introspect(http, client, body["access_token"])
+    assert doc["token_type"] == "Bearer" and doc["client_id"] == client["client_id"]
+    assert doc.get("scope") == scope
+    assert doc.get("username") == params.get("username")
 
 
 # -- scope ----------------------------------------------------------------------------------
@@ -411,10 +348,10 @@ async def test_scope(http: httpx.AsyncClient, client: Client, redis_db: redis.Re
     resp = await http.post("/oauth/token", data={"grant_type": grant, **user, **params, **creds(client)})
     if problem is not None:
         assert_error(resp, 400, "invalid_scope", problem)
-        assert stored_tokens(redis_db) == {}
+        assert token_keys(redis_db) == set()
         return
     body = assert_tokens(resp, expires_in=3600, scope=scope, refresh=grant == "password")
-    assert stored_tokens(redis_db)[token_key(body["access_token"])]["s"] == scope
+    assert (await introspect(http, client, body["access_token"]))["scope"] == scope
 
 
 async def test_scope_as_json_list(http: httpx.AsyncClient, client: Client) -> None:
@@ -470,7 +407,7 @@ async def test_token_lifetimes_show_in_expires_in_and_redis_pttl(
         if patch is not None:
             resp = await http.patch(f"/admin/clients/{client['client_id']}", json=patch, headers=ADMIN)
             assert resp.status_code == 200, resp.text
-        before = set(stored_tokens(redis_db))
+        before = token_keys(redis_db)
 
         cc = await http.post("/oauth/token", data={"grant_type": "client_credentials", **creds(client)})
         cc_body = assert_tokens(cc, expires_in=access_ttl, scope="read write", refresh=False)
@@ -482,20 +419,19 @@ async def test_token_lifetimes_show_in_expires_in_and_redis_pttl(
                                                    **creds(client)})
         rf_body = assert_tokens(rf, expires_in=access_ttl, scope="read write", refresh=True)
 
-        stored = stored_tokens(redis_db)
-        new = {k: v for k, v in stored.items() if k not in before}
-        assert set(new) == {token_key(t) for t in (
+        assert token_keys(redis_db) - before == {token_key(t).encode() for t in (
             cc_body["access_token"], pw_body["access_token"], pw_body["refresh_token"],
             rf_body["access_token"], rf_body["refresh_token"])}
         for token in (cc_body["access_token"], pw_body["access_token"], rf_body["access_token"]):
-            key = token_key(token)
-            assert_pttl(redis_db, key, access_ttl)
-            assert new[key]["exp"] - new[key]["iat"] == access_ttl * 1000
-        # The rotated refresh token keeps its own lifetime; the new one gets a full one.
+            assert_pttl(redis_db, token_key(token), access_ttl)
+            doc = await introspect(http, client, token)
+            assert doc["exp"] - doc["iat"] == access_ttl
+        # The rotated refresh token keeps its own lifetime (its key's: introspection calls it
+        # inactive); the new one gets a full one.
         for token in (pw_body["refresh_token"], rf_body["refresh_token"]):
-            key = token_key(token)
-            assert_pttl(redis_db, key, refresh_ttl)
-            assert new[key]["exp"] - new[key]["iat"] == refresh_ttl * 1000
+            assert_pttl(redis_db, token_key(token), refresh_ttl)
+        doc = await introspect(http, client, rf_body["refresh_token"])
+        assert doc["exp"] - doc["iat"] == refresh_ttl
         # The grant index outlives every token it lists, so revoking the grant finds them all.
         index = keys.grant_index(grant_of(rf_body["access_token"]))
         assert redis_db.pexpiretime(index) >= max(redis_db.pexpiretime(token_key(rf_body["access_token"])),

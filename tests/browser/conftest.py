@@ -16,32 +16,31 @@
 
 The browser is /usr/bin/chromium from Debian (`make browser` installs it when run as root);
 playwright drives it and never downloads one. Without it the tests that need a browser are
-skipped. All async tests here run on the session's event loop, which the browser lives on.
+skipped, or in CI (CI=true) failed. All async tests here run on the session's event loop,
+which the browser lives on.
 """
 
 from __future__ import annotations
 
 import html
 import os
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import httpx
 import pytest
 import pytest_asyncio
 import redis
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from pytest_asyncio import is_async_test
 
-from tests.conftest import ADMIN_KEY, SECRET_KEY, RedisServer, free_port
+from tests.support.redis_servers import RedisServer
+from tests.support.service import Service
+from tests.support.tools import unavailable
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -49,7 +48,6 @@ HERE = Path(__file__).resolve().parent
 # The live server's Redis DB: other tests use DB 0 (and empty every DB before they start, which
 # is harmless: no other test runs while a browser test does).
 LIVE_DB = 1
-READY_TIMEOUT = 30.0
 # Playwright's own default is 30 s; a page of this service that takes longer is broken anyway.
 PAGE_TIMEOUT_MS = 10_000
 
@@ -78,79 +76,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
 # -- the service ---------------------------------------------------------------------------
 
 
-@dataclass
-class LiveServer:
-    """A running `tokensvc serve`, and its admin API."""
-
-    url: str
-    admin_key: str
-    redis_url: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def output(self) -> str:
-        """What the service has printed so far (stdout and stderr)."""
-        return self.log_path.read_text(errors="replace")
-
-    def http(self, **kwargs: Any) -> httpx.AsyncClient:
-        """A client for the service: `async with live_server.http() as http: ...`."""
-        return httpx.AsyncClient(base_url=self.url, timeout=10.0, **kwargs)
-
-    async def admin(self, method: str, path: str, json: Any = None) -> httpx.Response:
-        """One call to the admin API (`/admin/...`) with the admin key."""
-        async with self.http() as http:
-            return await http.request(method, path, json=json,
-                                      headers={"Authorization": f"Bearer {self.admin_key}"})
-
-    async def create_client(self, **fields: Any) -> dict[str, Any]:
-        """A new client (POST /admin/clients); its JSON, secret included. Fields as the admin
-        API takes them: name, redirect_uris, scopes, grant_types, website,
-        token_endpoint_auth_method="none" for a public client, ..."""
-        body = {"name": "browser test client", "scopes": ["read", "write"], **fields}
-        resp = await self.admin("POST", "/admin/clients", body)
-        assert resp.status_code == 201, resp.text
-        doc: dict[str, Any] = resp.json()
-        return doc
-
-    async def create_user(self, username: str = "alice", password: str = "correct horse",
-                          verified: bool = True, **fields: Any) -> dict[str, Any]:
-        """A new user (POST /admin/users); its JSON."""
-        body = {"username": username, "password": password, "verified": verified, **fields}
-        resp = await self.admin("POST", "/admin/users", body)
-        assert resp.status_code == 201, resp.text
-        doc: dict[str, Any] = resp.json()
-        return doc
-
-    def check_running(self) -> None:
-        if self.proc.poll() is not None:
-            pytest.fail(f"tokensvc serve exited with {self.proc.returncode}:\n{self.output}")
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        """Poll /readyz until Redis answers and the client-cache invalidations are flowing."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_running()
-            try:
-                resp = httpx.get(f"{self.url}/readyz", timeout=1.0)
-                if resp.status_code == 200 and resp.json().get("invalidation"):
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        pytest.fail(f"tokensvc serve was not ready within {timeout} s:\n{self.output}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def _live_redis_url(server: RedisServer) -> str:
     return f"redis://127.0.0.1:{server.port}/{LIVE_DB}"
 
@@ -164,44 +89,22 @@ def live_settings() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def _live_process(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory,
-                  live_settings: dict[str, str]) -> Iterator[LiveServer]:
+                  live_settings: dict[str, str]) -> Iterator[Service]:
     """One `tokensvc serve` per test module (starting it costs about a second)."""
     if redis_server.proc is None:  # a test stopped it
         redis_server.start()
     workdir = tmp_path_factory.mktemp("live-server")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    redis_url = _live_redis_url(redis_server)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSVC_")}
-    env.update({
-        "TOKENSVC_HOST": "127.0.0.1",
-        "TOKENSVC_PORT": str(port),
-        "TOKENSVC_ISSUER": url,
-        "TOKENSVC_REDIS_URL": redis_url,
-        "TOKENSVC_ADMIN_KEY": ADMIN_KEY,
-        "TOKENSVC_SECRET_KEYS": SECRET_KEY,
-        "TOKENSVC_DATA_DIR": str(workdir / "var"),
-        # As tests/conftest.py's make_settings: cheap argon2, quick outage detection.
-        "TOKENSVC_PASSWORD_TIME_COST": "1",
-        "TOKENSVC_PASSWORD_MEMORY_COST": "1024",
-        "TOKENSVC_REDIS_TIMEOUT": "0.5",
-    })
-    env.update({f"TOKENSVC_{name.upper()}": value for name, value in live_settings.items()})
-    log_path = workdir / "serve.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tokensvc", "serve"], cwd=workdir, env=env,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    server = LiveServer(url=url, admin_key=ADMIN_KEY, redis_url=redis_url, proc=proc,
-                        log_path=log_path)
+    settings: dict[str, Any] = {"own_issuer": True, **live_settings}
+    server = Service.deployed(_live_redis_url(redis_server), workdir / "var", **settings)
     try:
-        server.wait_ready()
+        server.start().wait_ready()
         yield server
     finally:
         server.stop()
 
 
 @pytest.fixture
-def live_server(_live_process: LiveServer) -> Iterator[LiveServer]:
+def live_server(_live_process: Service) -> Iterator[Service]:
     """The module's running service, its Redis DB emptied for this test."""
     _live_process.check_running()
     with redis.Redis.from_url(_live_process.redis_url) as r:
@@ -224,7 +127,7 @@ def artifacts() -> Path:
 async def browser() -> AsyncIterator[Browser]:
     """Debian's chromium, headless, launched once per session."""
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} is not installed: `make browser` installs it as root, "
+        unavailable(f"{CHROMIUM} is not installed: `make browser` installs it as root, "
                     "or `sudo apt-get install chromium`")
     async with async_playwright() as pw:
         # chromium_sandbox=False makes playwright pass --no-sandbox, which chromium needs when it

@@ -16,7 +16,8 @@ import httpx
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Frame, Locator, Page, Response, expect
 
-from tests.browser.conftest import PAGE_TIMEOUT_MS, Callback, LiveServer
+from tests.browser.conftest import PAGE_TIMEOUT_MS, Callback
+from tests.support.service import Service
 
 NAME = "Photo app"
 WEBSITE = "https://photos.example"
@@ -46,7 +47,7 @@ class App:
     def auth(self) -> tuple[str, str]:
         return self.client["client_id"], self.client["client_secret"]
 
-    def authorize_url(self, server: LiveServer, state: str, **extra: str) -> str:
+    def authorize_url(self, server: Service, state: str, **extra: str) -> str:
         params = {"response_type": "code", "client_id": self.client["client_id"],
                   "redirect_uri": self.redirect_uri, "scope": "read write", "state": state,
                   "code_challenge": self.challenge, "code_challenge_method": "S256", **extra}
@@ -72,7 +73,7 @@ def pkce() -> tuple[str, str]:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def app(live_server: LiveServer, callback: Callback) -> App:
+async def app(live_server: Service, callback: Callback) -> App:
     client = await live_server.create_client(
         name=NAME, website=WEBSITE, redirect_uris=[callback.uri], scopes=["read", "write"],
         grant_types=["authorization_code", "refresh_token"])
@@ -127,7 +128,7 @@ async def session_cookies(context: BrowserContext) -> list[str]:
 # -- the tests ------------------------------------------------------------------------------
 
 
-async def test_sign_in_allow_and_redeem_the_code(live_server: LiveServer, page: Page, callback: Callback,
+async def test_sign_in_allow_and_redeem_the_code(live_server: Service, page: Page, callback: Callback,
                                                  app: App, artifacts: Path) -> None:
     state = secrets.token_urlsafe(16)
     await open_login(page, app.authorize_url(live_server, state))
@@ -168,7 +169,7 @@ async def test_sign_in_allow_and_redeem_the_code(live_server: LiveServer, page: 
         assert await app.introspect(http, tokens["refresh_token"]) == {"active": False}
 
 
-async def test_deny_sends_access_denied_and_no_code(live_server: LiveServer, page: Page,
+async def test_deny_sends_access_denied_and_no_code(live_server: Service, page: Page,
                                                    callback: Callback, app: App) -> None:
     state = secrets.token_urlsafe(16)
     await open_login(page, app.authorize_url(live_server, state))
@@ -182,7 +183,7 @@ async def test_deny_sends_access_denied_and_no_code(live_server: LiveServer, pag
 
 
 async def test_remembered_consent_skips_the_pages_until_prompt_consent(
-        live_server: LiveServer, page: Page, callback: Callback, app: App) -> None:
+        live_server: Service, page: Page, callback: Callback, app: App) -> None:
     await open_login(page, app.authorize_url(live_server, "first"))
     await sign_in(page)
     first = await approve(page, callback)
@@ -220,7 +221,7 @@ async def test_remembered_consent_skips_the_pages_until_prompt_consent(
 
 
 async def test_signing_in_with_remembered_consent_goes_straight_back(
-        live_server: LiveServer, page: Page, callback: Callback, app: App, browser: Browser) -> None:
+        live_server: Service, page: Page, callback: Callback, app: App, browser: Browser) -> None:
     """A new browser (no session) whose user approved before: the login form's POST is answered
     with the redirect to the client, which the login page's CSP form-action must allow."""
     await open_login(page, app.authorize_url(live_server, "first"))
@@ -243,7 +244,7 @@ async def test_signing_in_with_remembered_consent_goes_straight_back(
 
 
 async def test_wrong_password_shows_the_error_and_keeps_the_username(
-        live_server: LiveServer, page: Page, app: App) -> None:
+        live_server: Service, page: Page, app: App) -> None:
     await open_login(page, app.authorize_url(live_server, "s"))
     await fill_login(page, password="not the password")
     async with page.expect_response(lambda r: r.request.method == "POST"
@@ -262,7 +263,7 @@ async def test_wrong_password_shows_the_error_and_keeps_the_username(
     assert await session_cookies(page.context) == []
 
 
-async def test_login_page_fits_a_phone(live_server: LiveServer, browser: Browser, app: App,
+async def test_login_page_fits_a_phone(live_server: Service, browser: Browser, app: App,
                                        artifacts: Path) -> None:
     phone = await browser.new_context(viewport={"width": 375, "height": 667}, is_mobile=True,
                                       has_touch=True, device_scale_factor=2)
@@ -282,7 +283,7 @@ async def test_login_page_fits_a_phone(live_server: LiveServer, browser: Browser
         await phone.close()
 
 
-async def test_login_page_cannot_be_framed(live_server: LiveServer, page: Page, callback: Callback,
+async def test_login_page_cannot_be_framed(live_server: Service, page: Page, callback: Callback,
                                            app: App) -> None:
     url = app.authorize_url(live_server, "s")
     resp = await open_login(page, url)
@@ -316,7 +317,7 @@ async def test_login_page_cannot_be_framed(live_server: LiveServer, page: Page, 
     assert await page.frame_locator("iframe[title=control]").locator("h1").count() == 1
 
 
-async def test_sign_out_from_the_consent_page(live_server: LiveServer, page: Page, callback: Callback,
+async def test_sign_out_from_the_consent_page(live_server: Service, page: Page, callback: Callback,
                                               app: App, context: BrowserContext) -> None:
     state = secrets.token_urlsafe(16)
     url = app.authorize_url(live_server, state)

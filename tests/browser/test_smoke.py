@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Page
 
-from tests.browser.conftest import Callback, LiveServer, NewCallback
+from tests.browser.conftest import Callback, NewCallback
+from tests.support.service import Service
 
 
-async def test_chromium_reads_the_live_service(live_server: LiveServer, page: Page,
+async def test_chromium_reads_the_live_service(live_server: Service, page: Page,
                                                artifacts: Path) -> None:
     resp = await page.goto(f"{live_server.url}/healthz")
     assert resp is not None and resp.status == 200
@@ -76,7 +77,7 @@ async def test_callback_catches_a_server_redirect(page: Page, callback: Callback
     assert other.hits == []
 
 
-async def test_admin_helpers_create_in_the_live_service(live_server: LiveServer,
+async def test_admin_helpers_create_in_the_live_service(live_server: Service,
                                                         callback: Callback) -> None:
     client = await live_server.create_client(redirect_uris=[callback.uri],
                                              grant_types=["authorization_code", "refresh_token"])
@@ -87,7 +88,7 @@ async def test_admin_helpers_create_in_the_live_service(live_server: LiveServer,
     assert listed.status_code == 200 and listed.json()["total"] == 1
 
 
-async def test_each_test_starts_with_an_empty_store(live_server: LiveServer) -> None:
+async def test_each_test_starts_with_an_empty_store(live_server: Service) -> None:
     listed = await live_server.admin("GET", "/admin/clients")
     assert listed.status_code == 200 and listed.json()["total"] == 0
     assert (await live_server.admin("GET", "/admin/users/bob")).status_code == 404

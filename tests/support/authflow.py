@@ -15,12 +15,12 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import redis
 
-from tests.conftest import SECRET_KEY, new_client
+from tests.support.api import new_client
+from tests.support.config import ISSUER
+from tests.support.stored import CODEC
 from tokensvc.store import keys
-from tokensvc.tokens import CODE, TokenCodec
+from tokensvc.tokens import CODE
 
-CODEC = TokenCodec([SECRET_KEY])
-ISSUER = "http://testserver"
 PASSWORD = "correct horse"
 # Registered for the test applications; CB is the one used unless a test says otherwise.
 CB = "https://app.example/cb"
@@ -201,22 +201,8 @@ def code_key(code: str) -> str:
     return keys.token(parsed.grant_id, parsed.digest)
 
 
-def stored_codes(r: redis.Redis) -> list[bytes]:
-    """Every authorization code record in Redis."""
-    found = []
-    for key in r.scan_iter(match="tsv:{g:*}:t:*", count=1000):
-        raw = r.get(key)
-        if isinstance(raw, bytes) and b'"k":"ac"' in raw:
-            found.append(raw)
-    return found
-
-
 def session_keys(r: redis.Redis) -> list[bytes]:
     return list(r.scan_iter(match="tsv:{s:*}:session", count=1000))
-
-
-def failure_keys(r: redis.Redis) -> list[bytes]:
-    return list(r.scan_iter(match="tsv:{u:*}:fails", count=1000))
 
 
 def set_cookie(resp: httpx.Response, name: str) -> str | None:

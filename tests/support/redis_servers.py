@@ -1,24 +1,104 @@
-"""A real local Redis Cluster (3 masters, 3 replicas) and apps built against it."""
+"""redis-server processes of the tests' own, on free loopback ports.
+
+One way to start them, in three modes: `RedisServer()` plain (no persistence: the fastest),
+`RedisServer(mode="aof")` with the deployment's deploy/redis.conf (AOF every second,
+noeviction: what the durability tests crash), and `RedisClusterNodes`, six nodes joined into a
+Redis Cluster of 3 masters and 3 replicas. Each node logs into its work directory, and a node
+that exits while starting fails with its log rather than after a timeout.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import httpx
 import pytest
 import redis
 
-from tests.conftest import AppFactory, free_port, make_settings, running_app
-
+DEPLOY_CONF = Path(__file__).resolve().parents[2] / "deploy" / "redis.conf"
 NODE_TIMEOUT_MS = 2000
+START_SECONDS = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_binary(name: str = "redis-server") -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed (make test installs it)")
+    return found
+
+
+def start_node(binary: str, port: int, workdir: Path, args: list[str]) -> subprocess.Popen[bytes]:
+    """redis-server on `port` with `args`, once it answers PING (loading its data included)."""
+    log = workdir / f"redis-{port}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([binary, *args, "--port", str(port), "--bind", "127.0.0.1",
+                                 "--dir", str(workdir)], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError), \
+                redis.Redis(port=port, socket_timeout=0.5) as probe:
+            if probe.ping():
+                return proc
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server on {port} exited with {proc.returncode}:\n"
+                               f"{log.read_text(errors='replace')}")
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait(10)
+    raise RuntimeError(f"redis-server on {port} did not start:\n{log.read_text(errors='replace')}")
+
+
+class RedisServer:
+    """A private redis-server that tests may stop (or crash) and start again on the same port
+    and data directory."""
+
+    def __init__(self, workdir: Path, *extra: str, mode: Literal["plain", "aof"] = "plain") -> None:
+        self.binary = redis_binary()
+        self.port = free_port()
+        self.workdir = workdir
+        self.extra = extra
+        self.mode = mode
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.mode == "aof":  # the deployment's file; only port, bind and dir are changed
+            args = [str(DEPLOY_CONF), "--daemonize", "no"]
+        else:
+            args = ["--save", "", "--appendonly", "no"]
+        self.proc = start_node(self.binary, self.port, self.workdir, [*args, *self.extra])
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def crash(self) -> None:
+        """SIGKILL: no shutdown save, no last fsync."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = None
+
+    def sync(self, **options: Any) -> redis.Redis:
+        return redis.Redis(port=self.port, **options)
 
 
 def _text(value: Any) -> str:
@@ -29,10 +109,7 @@ class RedisClusterNodes:
     """Six redis-server processes joined into one cluster by `redis-cli --cluster create`."""
 
     def __init__(self, workdir: Path) -> None:
-        server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
-        if server is None or cli is None:
-            pytest.fail("redis-server and redis-cli are needed (make test installs them)")
-        self.server, self.cli, self.workdir = server, cli, workdir
+        self.server, self.cli, self.workdir = redis_binary(), redis_binary("redis-cli"), workdir
         self.ports: list[int] = []
         while len(self.ports) < 6:
             port = self._node_port()
@@ -59,20 +136,9 @@ class RedisClusterNodes:
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
     def start_node(self, port: int) -> None:
-        self.procs[port] = subprocess.Popen(
-            [self.server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-             "--cluster-config-file", f"nodes-{port}.conf",
-             "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--appendonly", "yes", "--save", "",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(redis.ConnectionError), \
-                    redis.Redis(port=port, socket_timeout=0.5) as probe:
-                if probe.ping():
-                    return
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server on {port} did not start")
+        self.procs[port] = start_node(self.server, port, self.workdir, [
+            "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+            "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--appendonly", "yes", "--save", ""])
 
     def start(self) -> None:
         for port in self.ports:
@@ -130,10 +196,11 @@ class RedisClusterNodes:
                     out.append(port)
         return out
 
-    def flush(self) -> None:
-        for port in self.masters():
-            with redis.Redis(port=port, socket_timeout=2) as r:
-                r.flushall()
+    def client(self) -> redis.RedisCluster:
+        """A cluster client on the cluster, emptied on every primary."""
+        r = redis.RedisCluster.from_url(self.url)
+        r.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+        return r
 
     def master_of(self, key: str) -> int:
         with redis.Redis(port=self.live_ports()[0], socket_timeout=0.5) as r:
@@ -153,33 +220,3 @@ class RedisClusterNodes:
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(10)
-
-
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisClusterNodes]:
-    with tempfile.TemporaryDirectory(prefix="tokensvc-cluster-") as tmp:
-        cluster = RedisClusterNodes(Path(tmp))
-        try:
-            cluster.start()
-            yield cluster
-        finally:
-            cluster.stop()
-
-
-@pytest.fixture
-def cluster_db(redis_cluster: RedisClusterNodes) -> Iterator[redis.RedisCluster]:
-    """A cluster client on the emptied cluster."""
-    redis_cluster.flush()
-    r = redis.RedisCluster.from_url(redis_cluster.url)
-    yield r
-    r.close()
-
-
-@pytest.fixture
-def cluster_app_factory(cluster_db: redis.RedisCluster, redis_cluster: RedisClusterNodes) -> AppFactory:
-    """Like `app_factory`, on the cluster (`redis_cluster=True`, the URL of one node)."""
-
-    def factory(**overrides: Any) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
-        return running_app(make_settings(redis_cluster.url, redis_cluster=True, **overrides))
-
-    return factory
