@@ -35,7 +35,8 @@ redis:
 		exit 1; \
 	fi
 
-# Browser tests need chromium; without it (not root, no apt-get) they are skipped, not failed.
+# Browser tests need chromium; without it (not root, no apt-get) they are skipped, except in CI
+# (CI=true), where they fail.
 # Another apt-get or dpkg may be running (installing chromium, even): wait for it first.
 browser:
 	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -51,12 +52,13 @@ browser:
 		apt-get -o DPkg::Lock::Timeout=600 update && DEBIAN_FRONTEND=noninteractive \
 			apt-get -o DPkg::Lock::Timeout=600 install -y chromium; \
 	else \
-		echo "$(CHROMIUM) is missing, so the browser tests will be skipped. Install it:" >&2; \
+		echo "$(CHROMIUM) is missing, so the browser tests will be skipped (failed in CI). Install it:" >&2; \
 		echo "  Debian/Ubuntu: sudo apt-get install chromium" >&2; \
 	fi
 
 # tests/test_prometheus.py runs Debian's prometheus and promtool; without them (not root, no
-# apt-get) those tests are skipped, not failed. Waits for a running apt-get/dpkg as `browser` does.
+# apt-get) those tests are skipped, except in CI (CI=true), where they fail. Waits for a running
+# apt-get/dpkg as `browser` does.
 prometheus:
 	@have() { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; }; \
 	if ! have && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -72,7 +74,7 @@ prometheus:
 		apt-get -o DPkg::Lock::Timeout=600 update && DEBIAN_FRONTEND=noninteractive \
 			apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends prometheus; \
 	else \
-		echo "prometheus/promtool are missing, so the Prometheus tests will be skipped. Install them:" >&2; \
+		echo "prometheus/promtool are missing, so the Prometheus tests will be skipped (failed in CI). Install them:" >&2; \
 		echo "  Debian/Ubuntu: sudo apt-get install prometheus" >&2; \
 	fi
 
@@ -83,8 +85,13 @@ check: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# make test measures branch coverage of tokensvc/ (pyproject.toml [tool.coverage]: in-process and
+# in the `tokensvc serve` processes the tests start) and fails under this floor: the figure
+# measured when it was set (95.89%), rounded down, less one. Raise it as coverage grows.
+COVERAGE_FLOOR := 94
+
 test: venv redis browser prometheus check
-	$(BIN)/pytest $(ARGS)
+	$(BIN)/pytest --cov --cov-report=term:skip-covered --cov-fail-under=$(COVERAGE_FLOOR) $(ARGS)
 
 test-fast: venv redis browser prometheus check
 	$(BIN)/pytest -m "not slow" $(ARGS)
