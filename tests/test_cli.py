@@ -26,7 +26,7 @@ import redis
 from tests.support.config import service_env
 from tests.support.redis_servers import RedisServer, free_port
 from tests.support.service import Service
-from tokensvc.cli import NO_REDIS_HINT
+from tokensvc.cli.admin import NO_REDIS_HINT
 from tokensvc.store import keys
 from tokensvc.store.embedded import EmbeddedRedis, EmbeddedRedisError
 

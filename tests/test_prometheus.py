@@ -396,7 +396,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         live.wait_ready()
         prometheus.wait_ready()
         prometheus.wait_scraping()
-        # Where `tokensvc serve` puts the multiprocess files by default (tokensvc/cli.py).
+        # Where `tokensvc serve` puts the multiprocess files by default (tokensvc/cli/serve.py).
         metrics_dir = workdir / "var" / f"metrics-{live.port}"
         assert metrics_dir.is_dir(), f"no {metrics_dir}:\n{live.output}"
         yield Stack(live, redis_server, metrics_dir, prometheus)
