@@ -71,7 +71,7 @@ async def test_the_cluster_client_is_in_use(cluster_app_factory: AppFactory) -> 
         # Every script is loaded on every primary.
         for node in svc.store.cluster.get_primaries():
             with redis.Redis(host=node.host, port=node.port) as r:
-                assert all(r.script_exists(*(s.sha for s in svc.store._scripts)))
+                assert all(r.script_exists(*(s.sha for s in svc.store.scripts.values())))
 
 
 async def test_every_grant_issues_and_rotation_detects_reuse(cluster_app_factory: AppFactory,

@@ -32,7 +32,7 @@ from tokensvc.app import create_app
 from tokensvc.hashing import Hasher
 from tokensvc.models import Client
 from tokensvc.store import keys
-from tokensvc.store.redis import _name_member
+from tokensvc.store.records import client_name_member
 from tokensvc.tokens import digest
 
 LOGOUT = "/admin/console/logout"
@@ -535,7 +535,7 @@ def write_client(pipe: Any, client: Client, used_ms: int) -> None:
     """What RedisStore.put_client(new=True) writes, and the last use record_usage sets."""
     pipe.set(keys.client(client.client_id), orjson.dumps(asdict(client)), nx=True)
     pipe.zadd(keys.CLIENTS_INDEX, {client.client_id: client.created_at})
-    pipe.zadd(keys.CLIENT_NAMES, {_name_member(client): 0})
+    pipe.zadd(keys.CLIENT_NAMES, {client_name_member(client): 0})
     pipe.zadd(keys.CLIENTS_USED, {client.client_id: used_ms})
 
 

@@ -32,7 +32,7 @@ def forget_locally(http: httpx.AsyncClient) -> None:
     """Drop the worker's own reuse cache. Tests that age or delete records behind the service's
     back in Redis do this too: the cache ages on the worker's clock, and nothing but the
     service itself deletes reuse records in production (announcing it to every instance)."""
-    http.app.state.services.issuer._reused.clear()  # type: ignore[attr-defined]
+    http.app.state.services.tokens._reused.clear()  # type: ignore[attr-defined]
 
 
 def reuse_key(token: str) -> str:

@@ -22,6 +22,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from tokensvc import pkce, scopes
 from tokensvc.errors import InvalidGrant, InvalidScope, OAuthError, Throttled, UserLocked, UserNotVerified
+from tokensvc.grants.authorization_code import issue_code
 from tokensvc.models import Client, User
 from tokensvc.pages import Pages, static_file
 from tokensvc.params import parse_form, read_body
@@ -251,8 +252,8 @@ class AuthorizeEndpoints:
         return bool(fresh) and req.scope_set <= approved
 
     async def approve(self, req: AuthRequest, username: str, status: int) -> Response:
-        code = await self.svc.issuer.issue_code(req.client, username, req.scope, req.redirect_uri,
-                                                req.challenge, req.method)
+        code = await issue_code(self.svc.tokens, req.client, username, req.scope,
+                                req.redirect_uri, req.challenge, req.method)
         return self.redirect(req, {"code": code}, status)
 
     async def _user(self, session: Session, req: AuthRequest) -> User | None:

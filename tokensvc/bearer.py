@@ -13,9 +13,10 @@ import hmac
 from starlette.requests import Request
 
 from tokensvc.errors import InvalidToken
-from tokensvc.issuance import TokenIssuer
 from tokensvc.models import TokenRecord
-from tokensvc.tokens import ACCESS
+from tokensvc.services import Services
+from tokensvc.store import records
+from tokensvc.tokens import ACCESS, CODE
 
 
 def bearer_token(request: Request) -> str | None:
@@ -26,13 +27,27 @@ def bearer_token(request: Request) -> str | None:
     return header[7:].strip() or None
 
 
-async def access_token(request: Request, issuer: TokenIssuer) -> TokenRecord:
+async def live_record(svc: Services, token: str, kind: str | None = None) -> TokenRecord | None:
+    """The record of a live token: minted here, stored, not rotated, its client not revoked."""
+    parsed = svc.codec.parse(token, kind)
+    if parsed is None or parsed.kind == CODE:
+        return None
+    record = records.decode_token(await svc.store.get_token(parsed.grant_id, parsed.digest))
+    if record is None or record.rotated_at is not None:
+        return None
+    # Revoking a client ends its tokens at once: they die with the client record.
+    if await svc.clients.get(record.client_id) is None:
+        return None
+    return record
+
+
+async def access_token(request: Request, svc: Services) -> TokenRecord:
     """The live access token the request presents; RFC 6750 §3.1 `invalid_token` otherwise
     (missing, expired, revoked, unknown, or not an access token)."""
     token = bearer_token(request)
     if token is None:
         raise InvalidToken("An access token is required (Authorization: Bearer ...).")
-    record = await issuer.active(token, ACCESS)
+    record = await live_record(svc, token, ACCESS)
     if record is None:
         raise InvalidToken("The access token is invalid, expired or revoked.")
     return record
@@ -50,6 +65,24 @@ def claims(record: TokenRecord) -> dict[str, object]:
     if record.username is not None:
         out["username"] = record.username
     return out
+
+
+def introspection(record: TokenRecord | None, issuer_url: str) -> dict[str, object]:
+    """RFC 7662 §2.2: anything unknown, expired, rotated or revoked is just `active: false`."""
+    if record is None:
+        return {"active": False}
+    body: dict[str, object] = {"active": True}
+    if record.scope:  # optional; "" would read as one empty scope
+        body["scope"] = record.scope
+    body.update({"token_type": "Bearer" if record.kind == ACCESS else "refresh_token",
+                 "iss": issuer_url, **claims(record)})
+    return body
+
+
+def principal(record: TokenRecord) -> dict[str, object]:
+    """OmniFund's `POST /login` and `GET /oauth/userinfo`: who holds the token, user or client."""
+    return {"type": "user" if record.username is not None else "client",
+            "scope": record.scope or None, **claims(record)}
 
 
 class AdminKey:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
@@ -11,7 +12,6 @@ from tokensvc import metrics
 from tokensvc.clients import ClientDirectory
 from tokensvc.errors import InvalidClient, InvalidRequest, Throttled
 from tokensvc.models import Client
-from tokensvc.params import Params
 
 _BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="tokensvc"'}
 
@@ -36,7 +36,7 @@ def _basic(header: str) -> tuple[str, str]:
     return unquote_plus(client_id), unquote_plus(secret)
 
 
-async def authenticate(authorization: str | None, params: Params, clients: ClientDirectory,
+async def authenticate(authorization: str | None, params: Mapping[str, str], clients: ClientDirectory,
                        *, allow_public: bool) -> Authenticated:
     """The calling client, or InvalidClient / InvalidRequest as RFC 6749 §5.2 says.
 
@@ -52,7 +52,7 @@ async def authenticate(authorization: str | None, params: Params, clients: Clien
         raise
 
 
-async def _authenticate(authorization: str | None, params: Params, clients: ClientDirectory,
+async def _authenticate(authorization: str | None, params: Mapping[str, str], clients: ClientDirectory,
                         *, allow_public: bool) -> Authenticated:
     uses_basic = authorization is not None and authorization[:6].lower() == "basic "
     if uses_basic:

@@ -46,14 +46,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import logging
 import math
 import time
 from collections.abc import Callable
-
-from redis import asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from tokensvc import metrics
 from tokensvc.errors import StoreUnavailable, Throttled
@@ -61,11 +56,8 @@ from tokensvc.hashing import Hasher
 from tokensvc.keyring import Keyring
 from tokensvc.lru import LRU
 from tokensvc.models import Client
-from tokensvc.store import keys
-from tokensvc.store.redis import RedisStore
+from tokensvc.storage import ClientStorage
 from tokensvc.usage import Usage
-
-log = logging.getLogger("tokensvc.clients")
 
 
 def _refusal(seconds_left: float) -> Throttled:
@@ -85,7 +77,7 @@ class _Entry:
 class ClientDirectory:
     """Client lookups and secret checks with a bounded, invalidated, per-worker cache."""
 
-    def __init__(self, store: RedisStore, hasher: Hasher, size: int, usage: Usage | None = None,
+    def __init__(self, store: ClientStorage, hasher: Hasher, size: int, usage: Usage | None = None,
                  *, failure_limit: int = 20, failure_window: int = 60,
                  keyring: Keyring | None = None) -> None:
         self.store = store
@@ -105,7 +97,7 @@ class ClientDirectory:
         self._epoch = 0
         self.argon2_runs = 0
         self.cache_hits = 0
-        # Others that cache per client or per grant (the issuer's reuse cache) follow the
+        # Others that cache per client or per grant (the token writer's reuse cache) follow the
         # same invalidations: called with a client id, a "g:<grant id>" name, or None (all).
         self.on_forget: list[Callable[[str | None], None]] = []
 
@@ -230,51 +222,18 @@ class ClientDirectory:
         self._throttled.put(client_id, time.monotonic() + left_ms / 1000)
 
     async def listen(self, url: str, timeout: float) -> None:
-        """Follow the invalidation channel for the life of the worker, resubscribing on failure."""
-        backoff = 0.05
-        while True:
-            # Its own client with no silent retry: a broken subscription must surface here,
-            # because messages published while it was down are lost.
-            # TCP keepalive only for TCP: redis-py refuses the option for unix:// (embedded Redis).
-            # On a cluster, any node will do (classic PUBLISH reaches them all): a random one
-            # of the current topology, so a resubscription after a failover finds a live node.
-            node_url = self.store.node_url() or url
-            keepalive = {} if node_url.startswith("unix:") else {"socket_keepalive": True}
-            sub = aioredis.Redis.from_url(node_url, socket_connect_timeout=timeout, **keepalive,
-                                          health_check_interval=5, retry=Retry(NoBackoff(), 0))
-            pubsub = sub.pubsub()
-            try:
-                await pubsub.subscribe(keys.INVALIDATION_CHANNEL)
-                while True:
-                    msg = await pubsub.get_message(timeout=5.0)
-                    if msg is None:
-                        continue
-                    if msg["type"] == "subscribe":
-                        self._forget()
-                        self._live = True
-                        backoff = 0.05
-                    elif msg["type"] == "message":
-                        # "<client id>" or "<client id> <nonce>": the writer waits for the nonce.
-                        client_id, _, nonce = msg["data"].decode().partition(" ")
-                        self._forget(client_id)
-                        if nonce:
-                            await self.store.confirm_invalidation(nonce)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure: stop trusting the cache, then retry
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():  # a stop, seen as a Redis error
-                    raise asyncio.CancelledError from exc
-                if self._live:
-                    log.warning("invalidation channel lost (%s); client cache disabled", exc)
-                self._live = False
-                self._forget()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            finally:
-                self._live = False
-                try:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                    await sub.aclose()
-                except Exception:  # the connection is already gone; nothing to release
-                    pass
+        """Follow the invalidation channel for the life of the worker (store/invalidation.py)."""
+        await self.store.follow_invalidations(url, timeout, self)
+
+    def subscribed(self) -> None:
+        """Invalidations flow again: start afresh, since some may have been missed."""
+        self._forget()
+        self._live = True
+
+    def forget(self, name: str) -> None:
+        self._forget(name)
+
+    def lost(self) -> None:
+        """No invalidations can be heard: trust nothing cached until subscribed again."""
+        self._live = False
+        self._forget()

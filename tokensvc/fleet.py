@@ -30,11 +30,11 @@ import socket
 import time
 from dataclasses import dataclass
 
+from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from tokensvc.errors import StoreUnavailable
 from tokensvc.keyring import Keyring
-from tokensvc.store.redis import RedisStore
 
 log = logging.getLogger("tokensvc.fleet")
 
@@ -76,8 +76,9 @@ def mismatch_message(missing: set[str]) -> str:
 class Fleet:
     """This worker's membership: the start-up check, the heartbeat, the signing key choice."""
 
-    def __init__(self, store: RedisStore, keyring: Keyring, heartbeat: float) -> None:
-        self.store = store
+    def __init__(self, redis: aioredis.Redis, keyring: Keyring, heartbeat: float) -> None:
+        # The registry's two keys are the fleet's own; it talks to Redis directly.
+        self.redis = redis
         self.keyring = keyring
         self.heartbeat = heartbeat
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -87,7 +88,7 @@ class Fleet:
     async def members(self) -> tuple[dict[str, Member], list[str], str | None]:
         """Live workers other than this one, the entries of workers that died without leaving,
         and the recorded signing key."""
-        redis = self.store.redis
+        redis = self.redis
         async with redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(WORKERS)
             pipe.get(SIGNING)
@@ -150,7 +151,7 @@ class Fleet:
         now = int(time.time() * 1000)
         entry = (f"{now + int(self.heartbeat * MISSED_BEATS * 1000)} "
                  f"{self.keyring.signing_fingerprint} {','.join(self.keyring.fingerprints)}")
-        redis = self.store.redis
+        redis = self.redis
         async with redis.pipeline(transaction=False) as pipe:
             pipe.hset(WORKERS, self.worker_id, entry)
             if stale:
@@ -188,6 +189,6 @@ class Fleet:
         """Drop this worker's entry at a clean stop, so the others need not wait it out."""
         self.stop()
         try:
-            await self.store.redis.hdel(WORKERS, self.worker_id)
+            await self.redis.hdel(WORKERS, self.worker_id)
         except (RedisError, OSError):
             pass

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tokensvc import metrics
-from tokensvc.bearer import bearer_token, claims
+from tokensvc.bearer import bearer_token, introspection, live_record
 from tokensvc.clientauth import authenticate
 from tokensvc.errors import (
     InvalidRequest,
@@ -59,7 +59,7 @@ class OAuthEndpoints:
                                   allow_public=grant.allows_public)
         if grant_type not in auth.client.grant_types:
             raise UnauthorizedClient(f"The client may not use grant_type={grant_type}.")
-        result = await grant.handle(GrantContext(auth.client, params, svc.issuer, svc.store,
+        result = await grant.handle(GrantContext(auth.client, params, svc.tokens, svc.store,
                                                  svc.hasher, svc.settings))
         svc.usage.issued(auth.client.client_id)
         metrics.token_issued(grant_type, auth.client.client_id)
@@ -78,7 +78,7 @@ class OAuthEndpoints:
         presented = bearer_token(request)
         username: str | None = None
         if presented is not None:
-            caller = await svc.issuer.active(presented, ACCESS)
+            caller = await live_record(svc, presented, ACCESS)
             if caller is None:
                 raise InvalidToken("The access token is invalid, expired or revoked.")
             client_id, username = caller.client_id, caller.username
@@ -118,12 +118,5 @@ class OAuthEndpoints:
             raise InvalidRequest("token is required.")
         if params.get("token_type_hint") not in _HINTS:
             raise UnsupportedTokenType("token_type_hint must be access_token or refresh_token.")
-        record = await svc.issuer.active(token)
-        if record is None:
-            return json_response({"active": False}, no_store=True)
-        body: dict[str, object] = {"active": True}
-        if record.scope:  # RFC 7662 §2.2: optional; "" would read as one empty scope
-            body["scope"] = record.scope
-        body.update({"token_type": "Bearer" if record.kind == ACCESS else "refresh_token",
-                     "iss": svc.settings.issuer_url, **claims(record)})
-        return json_response(body, no_store=True)
+        record = await live_record(svc, token)
+        return json_response(introspection(record, svc.settings.issuer_url), no_store=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tokensvc.bearer import access_token, claims
+from tokensvc.bearer import access_token, principal
 from tokensvc.responses import json_response
 from tokensvc.services import Services
 
@@ -16,7 +16,5 @@ class PrincipalEndpoints:
 
     async def principal(self, request: Request) -> Response:
         """RFC 6750: a missing, expired, revoked or unknown token is 401 invalid_token."""
-        record = await access_token(request, self.svc.issuer)
-        body: dict[str, object] = {"type": "user" if record.username is not None else "client",
-                                   "scope": record.scope or None, **claims(record)}
-        return json_response(body, no_store=True)
+        record = await access_token(request, self.svc)
+        return json_response(principal(record), no_store=True)

@@ -19,7 +19,7 @@ from tokensvc.hashing import Hasher
 from tokensvc.models import AUTH_METHODS, Client, User
 from tokensvc.scopes import is_scope_token
 from tokensvc.settings import MAX_TTL
-from tokensvc.store.redis import RedisStore
+from tokensvc.storage import RegistryStorage
 
 SECRET_PREFIX = "tsv_cs_"
 _CONFIG_INTS = ("access_token_ttl", "refresh_token_ttl", "max_user_login_attempts")
@@ -160,7 +160,7 @@ def client_view(client: Client, secret: str | None = None) -> dict[str, Any]:
 class Registry:
     """Creates, edits and revokes clients and users."""
 
-    def __init__(self, store: RedisStore, hasher: Hasher,
+    def __init__(self, store: RegistryStorage, hasher: Hasher,
                  verifier: Callable[[str, str], str] | None = None) -> None:
         self.store = store
         self.hasher = hasher

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from tokensvc.clients import ClientDirectory
 from tokensvc.fleet import Fleet
 from tokensvc.hashing import Hasher
-from tokensvc.issuance import TokenIssuer
+from tokensvc.issuance import TokenWriter
 from tokensvc.keyring import Keyring
 from tokensvc.settings import Settings
-from tokensvc.store.fastredis import FastRedis
-from tokensvc.store.redis import RedisStore, connect, connect_cluster
+from tokensvc.store.redis import RedisStore, open_store
 from tokensvc.tokens import TokenCodec
 from tokensvc.usage import Usage
 
@@ -23,7 +22,7 @@ class Services:
     codec: TokenCodec
     hasher: Hasher
     clients: ClientDirectory
-    issuer: TokenIssuer
+    tokens: TokenWriter
     usage: Usage
     fleet: Fleet
 
@@ -32,20 +31,9 @@ class Services:
         """Wire the parts; needs a Redis URL and server keys already resolved."""
         if settings.redis_url is None:
             raise ValueError("a Redis URL is required (the CLI starts an embedded one)")
-        if settings.redis_cluster:
-            # No auto-pipelining client on a cluster: it speaks to one node and knows no slots.
-            # The hot path goes through redis-py's cluster client, which routes every command
-            # (and each node's share of a pipeline) by its keys' slot and follows failovers.
-            store = RedisStore(connect_cluster(settings.redis_url, timeout=settings.redis_timeout,
-                                               pool_size=settings.redis_pool_size),
-                               ack_timeout=settings.redis_timeout,
-                               wait_replicas=settings.redis_wait_replicas, url=settings.redis_url)
-        else:
-            store = RedisStore(connect(settings.redis_url, timeout=settings.redis_timeout,
-                                       pool_size=settings.redis_pool_size),
-                               ack_timeout=settings.redis_timeout,
-                               fast=FastRedis(settings.redis_url, settings.redis_timeout),
-                               wait_replicas=settings.redis_wait_replicas, url=settings.redis_url)
+        store = open_store(settings.redis_url, cluster=settings.redis_cluster,
+                           timeout=settings.redis_timeout, pool_size=settings.redis_pool_size,
+                           wait_replicas=settings.redis_wait_replicas)
         keyring = Keyring(settings.secret_keys)
         codec = TokenCodec(keyring)
         hasher = Hasher(settings.password_time_cost, settings.password_memory_cost,
@@ -55,6 +43,6 @@ class Services:
                                   failure_limit=settings.client_auth_failure_limit,
                                   failure_window=settings.client_auth_failure_window,
                                   keyring=None if settings.argon2_per_worker else keyring)
-        issuer = TokenIssuer(store, codec, clients, settings)
-        fleet = Fleet(store, keyring, settings.fleet_heartbeat)
-        return cls(settings, store, codec, hasher, clients, issuer, usage, fleet)
+        tokens = TokenWriter(store, codec, clients, settings)
+        fleet = Fleet(store.redis, keyring, settings.fleet_heartbeat)
+        return cls(settings, store, codec, hasher, clients, tokens, usage, fleet)

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 
 from tokensvc.errors import StoreUnavailable
-from tokensvc.store.redis import RedisStore
+from tokensvc.storage import UsageStorage
 
 log = logging.getLogger("tokensvc.usage")
 FLUSH_SECONDS = 5.0
@@ -27,7 +27,7 @@ MAX_PENDING = 100_000
 class Usage:
     """Counts since the last flush; `issued`/`failed` are called on the hot path."""
 
-    def __init__(self, store: RedisStore, interval: float = FLUSH_SECONDS) -> None:
+    def __init__(self, store: UsageStorage, interval: float = FLUSH_SECONDS) -> None:
         self.store = store
         self.interval = interval
         self._issued: Counter[str] = Counter()

@@ -18,7 +18,7 @@ from tokensvc.errors import InvalidGrant, Throttled, UserLocked, UserNotVerified
 from tokensvc.hashing import Hasher
 from tokensvc.models import Client, User
 from tokensvc.settings import Settings
-from tokensvc.store.redis import RedisStore
+from tokensvc.storage import LoginStorage
 
 LOCKED = "The user is locked after too many failed logins."
 BAD_CREDENTIALS = "Invalid username or password."
@@ -33,7 +33,7 @@ def login_limit(client: Client, settings: Settings) -> int:
     return client.max_user_login_attempts or settings.max_user_login_attempts
 
 
-async def _reserve(store: RedisStore, username: str, limit: int) -> tuple[User | None, int]:
+async def _reserve(store: LoginStorage, username: str, limit: int) -> tuple[User | None, int]:
     deadline = time.monotonic() + WAIT_S
     pause = 0.005
     while True:
@@ -47,7 +47,7 @@ async def _reserve(store: RedisStore, username: str, limit: int) -> tuple[User |
         pause = min(pause * 2, 0.1)
 
 
-async def authenticate(store: RedisStore, hasher: Hasher, settings: Settings, client: Client,
+async def authenticate(store: LoginStorage, hasher: Hasher, settings: Settings, client: Client,
                        username: str, password: str) -> User:
     """The verified user, or InvalidGrant (400), UserLocked (423), UserNotVerified (403)."""
     limit = login_limit(client, settings)

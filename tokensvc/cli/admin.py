@@ -25,7 +25,7 @@ from tokensvc.keyring import Keyring
 from tokensvc.registry import Registry, client_view, user_view
 from tokensvc.settings import ENV_PREFIX, Settings
 from tokensvc.store.embedded import running_url
-from tokensvc.store.redis import RedisStore, connect
+from tokensvc.store.redis import open_store
 
 T = TypeVar("T")
 NO_REDIS_HINT = "start `tokensvc serve` first or pass --redis-url"
@@ -64,8 +64,7 @@ def _run_admin(flags: Mapping[str, Any], action: Callable[[Registry], Awaitable[
     url = cfg.redis_url
 
     async def run() -> T:
-        store = RedisStore(connect(url, timeout=cfg.redis_timeout, pool_size=4),
-                           ack_timeout=cfg.redis_timeout)
+        store = open_store(url, cluster=cfg.redis_cluster, timeout=cfg.redis_timeout, pool_size=4)
         hasher = Hasher(cfg.password_time_cost, cfg.password_memory_cost, cfg.password_parallelism)
         try:
             return await action(Registry(store, hasher, _cli_verifier(cfg)))

@@ -29,7 +29,7 @@ from tokensvc.httpprotocol import HeaderDeadlineProtocol
 from tokensvc.keyring import Keyring
 from tokensvc.settings import ENV_PREFIX, Settings
 from tokensvc.store.embedded import EmbeddedRedis, EmbeddedRedisError
-from tokensvc.store.redis import RedisStore, connect, connect_cluster
+from tokensvc.store.redis import open_store
 
 # Idle keep-alive connections are closed after this many seconds by default (the
 # keep_alive_timeout setting): long enough for a client that
@@ -132,11 +132,9 @@ def _check_keys(cfg: Settings) -> None:
     url = cfg.redis_url
 
     async def check() -> None:
-        store = RedisStore(connect_cluster(url, timeout=cfg.redis_timeout, pool_size=2)
-                           if cfg.redis_cluster else
-                           connect(url, timeout=cfg.redis_timeout, pool_size=2))
+        store = open_store(url, cluster=cfg.redis_cluster, timeout=cfg.redis_timeout, pool_size=2)
         try:
-            fleet = Fleet(store, Keyring(cfg.secret_keys), cfg.fleet_heartbeat)
+            fleet = Fleet(store.redis, Keyring(cfg.secret_keys), cfg.fleet_heartbeat)
             members, _, recorded = await fleet.members()
             fleet.check(members, recorded)
         finally:

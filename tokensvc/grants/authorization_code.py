@@ -1,16 +1,51 @@
-"""RFC 6749 §4.1.3 authorization code grant with RFC 7636 PKCE."""
+"""RFC 6749 §4.1 authorization code grant with RFC 7636 PKCE: the code the authorize endpoint
+issues (`issue_code`) and its redemption at the token endpoint (`handle`).
+
+The code opens its own grant: the tokens redeemed from it join that grant, so a replay ends all
+of them in one script (redeem.lua), which also spends the code and compares PKCE, so a code is
+never redeemed twice whatever the verifier.
+"""
 
 from __future__ import annotations
 
-from tokensvc import pkce
+from tokensvc import metrics, pkce
 from tokensvc.errors import InvalidGrant, InvalidRequest
 from tokensvc.grants.base import Grant, GrantContext
-from tokensvc.models import TokenResponse
+from tokensvc.issuance import TokenWriter, now_ms
+from tokensvc.models import Client, TokenResponse
+from tokensvc.store import keys, records
+from tokensvc.tokens import ACCESS, CODE, REFRESH, new_grant_id
 
 GRANT_TYPE = "authorization_code"
+_UNKNOWN = "The authorization code is invalid, expired or already used."
+# redeem.lua's outcomes, as the client is told them (all invalid_grant, RFC 6749 §5.2).
+_REFUSALS = {
+    "REPLAY": "The authorization code was already used; its tokens are revoked.",
+    "CLIENT": "The authorization code was issued to another client.",
+    "REDIRECT": "redirect_uri does not match the authorization request.",
+    "PKCE": "The code_verifier does not match the code_challenge.",
+}
+
+
+async def issue_code(tokens: TokenWriter, client: Client, username: str, scope: str,
+                     redirect_uri: str, challenge: str | None, method: str | None) -> str:
+    """RFC 6749 §4.1.2: a single-use code bound to client, user, scope, redirect and PKCE.
+
+    Indexed in its grant and linked to the user like a token, so deleting the user (the
+    cascade over the user's grants) ends a code not yet redeemed, too."""
+    ttl = tokens.settings.code_ttl * 1000
+    grant_id = new_grant_id()
+    code = tokens.codec.mint(CODE, grant_id)
+    record = records.encode_code(client.client_id, username, scope, grant_id, redirect_uri,
+                                 challenge, method, now_ms(), ttl)
+    await tokens.store.issue(grant_id, [(keys.token(grant_id, code.digest), record, ttl)])
+    await tokens.store.link_user_grant(username, grant_id, ttl)
+    metrics.code_event("issued")
+    return code.token
 
 
 async def handle(ctx: GrantContext) -> TokenResponse:
+    """RFC 6749 §4.1.3 + RFC 7636 §4.6."""
     code = ctx.params.get("code")
     redirect_uri = ctx.params.get("redirect_uri")
     if code is None:
@@ -22,9 +57,32 @@ async def handle(ctx: GrantContext) -> TokenResponse:
         verifier = pkce.verifier(ctx.params.get("code_verifier"))
     except pkce.PkceError as exc:
         raise InvalidRequest(str(exc)) from None
-    if ctx.client.is_public and verifier is None:
+    client = ctx.client
+    if client.is_public and verifier is None:
         raise InvalidGrant("A public client must send its code_verifier (PKCE).")
-    return await ctx.issuer.redeem(ctx.client, code, redirect_uri, verifier)
+    codec = ctx.tokens.codec
+    parsed = codec.parse(code, CODE)
+    if parsed is None:
+        raise InvalidGrant(_UNKNOWN)
+    with_refresh = "refresh_token" in client.grant_types
+    at_ttl = ctx.tokens.access_ttl(client) * 1000
+    rt_ttl = ctx.tokens.refresh_ttl(client) * 1000
+    access = codec.mint(ACCESS, parsed.grant_id)
+    refresh = codec.mint(REFRESH, parsed.grant_id)
+    s256 = "" if verifier is None else pkce.s256(verifier)
+    out = await ctx.store.redeem(parsed.grant_id, parsed.digest, access.digest, refresh.digest,
+                                 client.client_id, redirect_uri, verifier or "", s256,
+                                 at_ttl, rt_ttl, with_refresh)
+    if out[0] == "REPLAY":
+        metrics.code_event("replayed")
+    if out[0] != "OK":
+        raise InvalidGrant(_REFUSALS.get(out[0], _UNKNOWN))
+    metrics.code_event("redeemed")
+    username, scope = out[1], out[2]
+    await ctx.store.link_user_grant(username, parsed.grant_id,
+                                    max(at_ttl, rt_ttl) if with_refresh else at_ttl)
+    return TokenResponse(access.token, at_ttl // 1000, scope,
+                         refresh.token if with_refresh else None)
 
 
 GRANT = Grant(GRANT_TYPE, handle, allows_public=True)

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from tokensvc.hashing import Hasher
-from tokensvc.issuance import TokenIssuer
+from tokensvc.issuance import TokenWriter
 from tokensvc.models import Client, TokenResponse
-from tokensvc.params import Params
 from tokensvc.settings import Settings
-from tokensvc.store.redis import RedisStore
+from tokensvc.storage import GrantStorage
 
 
 @dataclass(frozen=True, slots=True)
 class GrantContext:
-    """One token request after client authentication."""
+    """One token request after client authentication: its parameters and the parts a flow
+    may use (the token writer for what grants share, the storage for what is the flow's own)."""
 
     client: Client
-    params: Params
-    issuer: TokenIssuer
-    store: RedisStore
+    params: Mapping[str, str]
+    tokens: TokenWriter
+    store: GrantStorage
     hasher: Hasher
     settings: Settings
 

@@ -12,7 +12,7 @@ GRANT_TYPE = "client_credentials"
 async def handle(ctx: GrantContext) -> TokenResponse:
     scope = scopes.grant(scopes.parse(ctx.params.get("scope")), ctx.client.scopes)
     # RFC 6749 §4.4.3: a refresh token SHOULD NOT be included.
-    return await ctx.issuer.issue(ctx.client, None, scope, with_refresh=False)
+    return await ctx.tokens.lone(ctx.client, scope)
 
 
 # RFC 6749 §4.4: the client credentials grant MUST only be used by confidential clients.

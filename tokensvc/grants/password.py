@@ -19,7 +19,7 @@ async def handle(ctx: GrantContext) -> TokenResponse:
     scope = scopes.grant(scopes.parse(ctx.params.get("scope")), ctx.client.scopes)
     user = await authenticate(ctx.store, ctx.hasher, ctx.settings, ctx.client, username, password)
     with_refresh = "refresh_token" in ctx.client.grant_types
-    return await ctx.issuer.issue(ctx.client, user.username, scope, with_refresh)
+    return await ctx.tokens.grant(ctx.client, user.username, scope, with_refresh)
 
 
 GRANT = Grant(GRANT_TYPE, handle, allows_public=True)

@@ -1,13 +1,26 @@
-"""RFC 6749 §6 refresh with rotation and reuse detection (RFC 9700 §4.14.2)."""
+"""RFC 6749 §6 refresh with rotation and reuse detection (RFC 9700 §4.14.2).
+
+The whole exchange is rotate.lua, one script in the grant's slot: the presented token is
+marked rotated and a new pair written; a rotated token presented again after the grace period
+ends the grant (it leaked), and so does a refresh token presented by another client.
+"""
 
 from __future__ import annotations
 
-from tokensvc import scopes
-from tokensvc.errors import InvalidRequest
+from tokensvc import metrics, scopes
+from tokensvc.errors import InvalidGrant, InvalidRequest, InvalidScope, OAuthError
 from tokensvc.grants.base import Grant, GrantContext
 from tokensvc.models import TokenResponse
+from tokensvc.tokens import ACCESS, REFRESH
 
 GRANT_TYPE = "refresh_token"
+_UNKNOWN = "The refresh token is invalid, expired or revoked."
+# rotate.lua's refusals, as the client is told them (RFC 6749 §5.2).
+_REFUSALS: dict[str, tuple[type[OAuthError], str]] = {
+    "REUSED": (InvalidGrant, "The refresh token was already used; the grant has been revoked."),
+    "CLIENT": (InvalidGrant, "The refresh token was issued to another client."),
+    "SCOPE": (InvalidScope, "The requested scope exceeds the scope originally granted."),
+}
 
 
 async def handle(ctx: GrantContext) -> TokenResponse:
@@ -15,8 +28,27 @@ async def handle(ctx: GrantContext) -> TokenResponse:
     if presented is None:
         raise InvalidRequest("refresh_token is required.")
     requested = scopes.parse(ctx.params.get("scope"))
-    scope = scopes.fmt(requested) if requested is not None else None
-    return await ctx.issuer.refresh(ctx.client, presented, scope)
+    scope = scopes.fmt(requested) if requested is not None else ""
+    codec = ctx.tokens.codec
+    parsed = codec.parse(presented, REFRESH)
+    if parsed is None:
+        raise InvalidGrant(_UNKNOWN)
+    at_ttl = ctx.tokens.access_ttl(ctx.client) * 1000
+    rt_ttl = ctx.tokens.refresh_ttl(ctx.client) * 1000
+    access = codec.mint(ACCESS, parsed.grant_id)
+    refresh = codec.mint(REFRESH, parsed.grant_id)
+    out = await ctx.store.rotate(parsed.grant_id, parsed.digest, access.digest, refresh.digest,
+                                 ctx.client.client_id, scope, at_ttl, rt_ttl,
+                                 ctx.settings.refresh_grace * 1000)
+    if out[0] == "OK":
+        if out[1]:
+            # Rotation extends the grant's life; the user's grant set must follow it.
+            await ctx.store.link_user_grant(out[1], parsed.grant_id, max(at_ttl, rt_ttl))
+        return TokenResponse(access.token, at_ttl // 1000, out[2], refresh.token)
+    if out[0] == "REUSED":
+        metrics.refresh_reuse()
+    error, description = _REFUSALS.get(out[0], (InvalidGrant, _UNKNOWN))
+    raise error(description)
 
 
 GRANT = Grant(GRANT_TYPE, handle, allows_public=True)

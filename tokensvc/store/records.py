@@ -1,0 +1,124 @@
+"""What Redis holds, field by field: the one definition of every stored record.
+
+Records are JSON (orjson). Token records use short field names because there is one per live
+token; the Lua scripts read and write the same fields, and their headers point here, so a
+field is renamed in this module and in `lua/` together, nowhere else.
+
+Token record (`tsv:{g:<grant>}:t:<digest>`; the token itself is never stored, only its digest
+in the key):
+    k    kind: "at" access, "rt" refresh, "ac" authorization code
+    c    client id
+    u    username (absent for client_credentials)
+    s    scope, space-separated
+    g    grant id
+    iat  issued at, epoch ms;  exp  expires at, epoch ms (Redis's TTL is the authority)
+    gs   refresh only: the scope originally granted, the ceiling of a narrowed refresh
+    rot  refresh only, set by rotate.lua: when it was rotated (epoch ms), for the grace period
+Code record: the token fields (k = "ac") and
+    ru   redirect_uri of the authorization request
+    cc, ccm  PKCE code_challenge and its method ("S256" or "plain"), when sent
+    used set by redeem.lua on the first redemption; a second one revokes the grant
+Reuse record (`tsv:{g:<grant>}:reuse`, finAPI token reuse):
+    l    lifetime of the access token, ms
+    a    key of the live access token
+    sa, sr  the seeds the access (and refresh) token are derived from
+    k    id of the server key they were derived under
+Client and user records: the dataclass fields of `models.Client` and `models.User`.
+Consent (field <client id> of `tsv:{u:...}:consents`):  s  scopes approved;  t  when (epoch ms)
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+
+from tokensvc.models import Client, TokenRecord, User
+
+
+def encode_token(kind: str, client_id: str, username: str | None, scope: str, grant_id: str,
+                 issued_at: int, ttl_ms: int) -> bytes:
+    d: dict[str, Any] = {"k": kind, "c": client_id, "s": scope, "g": grant_id,
+                         "iat": issued_at, "exp": issued_at + ttl_ms}
+    if username is not None:
+        d["u"] = username
+    if kind == "rt":
+        d["gs"] = scope
+    return orjson.dumps(d)
+
+
+def decode_token(raw: bytes | str | None, kind: str | None = None) -> TokenRecord | None:
+    """A stored token record; None for absent or of another kind."""
+    if raw is None:
+        return None
+    d = orjson.loads(raw)
+    if kind is not None and d["k"] != kind:
+        return None
+    return TokenRecord(
+        kind=d["k"], client_id=d["c"], username=d.get("u"), scope=d["s"], grant_id=d["g"],
+        issued_at=int(d["iat"]), expires_at=int(d["exp"]), rotated_at=d.get("rot"),
+    )
+
+
+def encode_code(client_id: str, username: str, scope: str, grant_id: str, redirect_uri: str,
+                challenge: str | None, method: str | None, issued_at: int, ttl_ms: int) -> bytes:
+    d: dict[str, Any] = {"k": "ac", "c": client_id, "u": username, "s": scope, "g": grant_id,
+                         "ru": redirect_uri, "iat": issued_at, "exp": issued_at + ttl_ms}
+    if challenge is not None:
+        d["cc"] = challenge
+        d["ccm"] = method or "plain"
+    return orjson.dumps(d)
+
+
+def encode_reuse(lifetime_ms: int, access_key: str, access_seed: str, refresh_seed: str | None,
+                 key_id: str) -> bytes:
+    d: dict[str, Any] = {"l": lifetime_ms, "a": access_key, "sa": access_seed, "k": key_id}
+    if refresh_seed is not None:
+        d["sr"] = refresh_seed
+    return orjson.dumps(d)
+
+
+def decode_reuse(raw: bytes) -> tuple[int, str, str | None, str]:
+    """(lifetime ms, access seed, refresh seed or None, key id)."""
+    d = orjson.loads(raw)
+    return int(d["l"]), d["sa"], d.get("sr"), d["k"]
+
+
+def encode_client(client: Client) -> bytes:
+    return orjson.dumps(asdict(client))
+
+
+def decode_client(raw: bytes | str) -> Client:
+    """A client record. The words most clients share (grant types, scopes, the auth method) are
+    interned: a worker caches up to 100,000 records, and one copy of "client_credentials" per
+    record would be a third of each record's memory (deploy/SIZING.md)."""
+    d = orjson.loads(raw)
+    for name in ("grant_types", "scopes"):
+        d[name] = tuple(sys.intern(v) for v in d[name])
+    d["redirect_uris"] = tuple(d["redirect_uris"])
+    d["token_endpoint_auth_method"] = sys.intern(d["token_endpoint_auth_method"])
+    return Client(**d)
+
+
+def client_name_member(client: Client) -> str:
+    """The name index entry: sorts case-insensitively, ties broken by id."""
+    return f"{client.name.casefold()}\0{client.client_id}"
+
+
+def encode_user(user: User) -> bytes:
+    return orjson.dumps(asdict(user))
+
+
+def decode_user(raw: bytes | str) -> User:
+    return User(**orjson.loads(raw))
+
+
+def encode_consent(scopes: frozenset[str], now_ms: int) -> bytes:
+    return orjson.dumps({"s": sorted(scopes), "t": now_ms})
+
+
+def decode_consent(raw: bytes | str) -> tuple[frozenset[str], int]:
+    doc = orjson.loads(raw)
+    return frozenset(doc["s"]), int(doc["t"])
