@@ -915,6 +915,6 @@ async def test_stylesheet(http: httpx.AsyncClient) -> None:
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/css")
     assert resp.headers["x-content-type-options"] == "nosniff"
-    assert resp.content == (Path(tokensvc.__file__).parent / "static" / "tokensvc.css").read_bytes()
+    assert resp.content == (Path(tokensvc.__file__).parent / "web" / "static" / "tokensvc.css").read_bytes()
     assert b".card" in resp.content
     assert (await http.post("/static/tokensvc.css")).status_code == 405

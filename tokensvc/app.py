@@ -18,8 +18,6 @@ from starlette.routing import Route
 
 from tokensvc import metrics as metrics_mod, openapi, settings as settings_mod
 from tokensvc.admin import AdminEndpoints
-from tokensvc.authorize import AuthorizeEndpoints
-from tokensvc.console import Console
 from tokensvc.discovery import DiscoveryEndpoints
 from tokensvc.errors import OAuthError, StoreUnavailable
 from tokensvc.fleet import KeyMismatch
@@ -32,6 +30,8 @@ from tokensvc.principal import PrincipalEndpoints
 from tokensvc.registration import RegistrationEndpoints
 from tokensvc.services import Services
 from tokensvc.settings import Settings
+from tokensvc.web.authorize import AuthorizeEndpoints
+from tokensvc.web.console import Console
 
 log = logging.getLogger("tokensvc")
 

@@ -4,6 +4,9 @@ Every page is server-rendered and works without JavaScript. The request's parame
 as hidden form fields, so the service keeps no state for a visitor who has not logged in;
 CSRF tokens are an HMAC of the visitor's cookie under the server key, so they need no storage
 either. Only a logged-in session (and a remembered consent) is written to Redis.
+
+Reading and validating the request itself, and the two ways an error about it is shown, are
+in authrequest.py; this module holds the pages, the session and what the visitor's answers do.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -20,59 +22,19 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from tokensvc import pkce, scopes
-from tokensvc.errors import InvalidGrant, InvalidScope, OAuthError, Throttled, UserLocked, UserNotVerified
+from tokensvc.errors import InvalidGrant, OAuthError, Throttled, UserLocked, UserNotVerified
 from tokensvc.grants.authorization_code import issue_code
-from tokensvc.models import Client, User
-from tokensvc.pages import Pages, static_file
-from tokensvc.params import parse_form, read_body
+from tokensvc.models import User
 from tokensvc.services import Services
 from tokensvc.tokens import digest
 from tokensvc.userauth import authenticate
+from tokensvc.web import authrequest
+from tokensvc.web.authrequest import AuthRequest, ErrorPage, RedirectError
+from tokensvc.web.pages import Pages, static_file
 
 SESSION_COOKIE = "tsv_session"
 VISITOR_COOKIE = "tsv_visitor"
 STYLESHEET = static_file("tokensvc.css")
-# The parameters of an authorization request that the forms carry along.
-REQUEST_PARAMS = ("response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge",
-                  "code_challenge_method", "prompt")
-_PROMPTS = ("none", "login", "consent")
-
-
-class ErrorPage(Exception):
-    """The request cannot be trusted to redirect (unknown client, unregistered redirect URI)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
-class RedirectError(Exception):
-    """RFC 6749 §4.1.2.1: an error told to the client at its (verified) redirect URI."""
-
-    def __init__(self, error: str, description: str) -> None:
-        super().__init__(description)
-        self.error = error
-        self.description = description
-
-
-@dataclass(frozen=True, slots=True)
-class AuthRequest:
-    """A validated authorization request."""
-
-    client: Client
-    redirect_uri: str
-    scope: str
-    state: str | None
-    challenge: str | None
-    method: str | None
-    prompt: str | None
-    raw: dict[str, str]
-
-    @property
-    def scope_set(self) -> frozenset[str]:
-        return frozenset(self.scope.split()) if self.scope else frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,22 +48,6 @@ class Session:
 
 def user_mark(user: User) -> str:
     return digest(f"{user.created_at}:{user.password_hash}")[:16]
-
-
-def _multi(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
-    """Every value of every name; empty values count as omitted (RFC 6749 §3.1)."""
-    params: dict[str, list[str]] = {}
-    for name, value in pairs:
-        if value != "":
-            params.setdefault(name, []).append(value)
-    return params
-
-
-def _single(params: Mapping[str, list[str]], name: str) -> str | None:
-    values = params.get(name, [])
-    if len(values) > 1:
-        raise RedirectError("invalid_request", f"The parameter '{name}' was sent more than once.")
-    return values[0] if values else None
 
 
 class AuthorizeEndpoints:
@@ -146,59 +92,6 @@ class AuthorizeEndpoints:
         if parts.scheme in ("http", "https"):
             return f"{parts.scheme}://{parts.netloc}"
         return f"{parts.scheme}:"
-
-    # -- the request ---------------------------------------------------------------------
-
-    async def parse(self, params: Mapping[str, list[str]]) -> AuthRequest | tuple[AuthRequest, RedirectError]:
-        """Validate in the order RFC 6749 §4.1.2.1 needs: first what makes a redirect safe."""
-        client_ids = params.get("client_id", [])
-        uris = params.get("redirect_uri", [])
-        if len(client_ids) != 1 or not client_ids[0]:
-            raise ErrorPage("The request names no client (client_id is missing or repeated).")
-        client = await self.svc.clients.get(client_ids[0])
-        if client is None:
-            raise ErrorPage("The application that sent you here is not registered.")
-        if len(uris) != 1 or not uris[0]:
-            raise ErrorPage("The request names no redirect_uri, or names it more than once.")
-        # RFC 9700 §4.1.3: exact string comparison, no prefixes, ports or patterns.
-        if uris[0] not in client.redirect_uris:
-            raise ErrorPage("The redirect_uri is not registered for this application.")
-        raw = {name: values[0] for name, values in params.items()
-               if name in REQUEST_PARAMS and len(values) == 1}
-        state = raw.get("state")
-        req = AuthRequest(client, uris[0], scopes.fmt(client.scopes), state, None, None, None, raw)
-        try:
-            return self._check(req, params)
-        except RedirectError as exc:
-            return req, exc
-
-    def _check(self, req: AuthRequest, params: Mapping[str, list[str]]) -> AuthRequest:
-        for name in REQUEST_PARAMS:
-            _single(params, name)
-        client = req.client
-        response_type = req.raw.get("response_type")
-        if response_type is None:
-            raise RedirectError("invalid_request", "response_type is required.")
-        if response_type != "code":
-            raise RedirectError("unsupported_response_type", "Only response_type=code is supported.")
-        if "authorization_code" not in client.grant_types:
-            raise RedirectError("unauthorized_client",
-                                "This application may not use the authorization code flow.")
-        try:
-            scope = scopes.grant(scopes.parse(req.raw.get("scope")), client.scopes)
-        except InvalidScope as exc:
-            raise RedirectError("invalid_scope", exc.description) from None
-        try:
-            challenge, method = pkce.challenge(
-                req.raw.get("code_challenge"), req.raw.get("code_challenge_method"),
-                public=client.is_public, allow_plain=self.settings.allow_plain_pkce)
-        except pkce.PkceError as exc:
-            raise RedirectError("invalid_request", str(exc)) from None
-        prompt = req.raw.get("prompt")
-        if prompt is not None and prompt not in _PROMPTS:
-            raise RedirectError("invalid_request", "prompt must be none, login or consent.")
-        return AuthRequest(client, req.redirect_uri, scope, req.state, challenge, method, prompt,
-                           req.raw)
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -278,7 +171,7 @@ class AuthorizeEndpoints:
             return self.error_page(exc.message, exc.status)
 
     async def _get(self, request: Request) -> Response:
-        parsed = await self.parse(_multi(request.query_params.multi_items()))
+        parsed = await authrequest.parse(self.svc, authrequest.multi(request.query_params.multi_items()))
         if isinstance(parsed, tuple):
             return self.redirect_error(parsed[0], parsed[1], 302)
         req = parsed
@@ -298,8 +191,8 @@ class AuthorizeEndpoints:
             return self.redirect_error(req, exc, 302)
 
     async def _post(self, request: Request) -> Response:
-        params = await self._form(request)
-        parsed = await self.parse(params)
+        params = await authrequest.read_form(request, self.settings)
+        parsed = await authrequest.parse(self.svc, params)
         if isinstance(parsed, tuple):
             return self.redirect_error(parsed[0], parsed[1], 303)
         req = parsed
@@ -333,17 +226,6 @@ class AuthorizeEndpoints:
             return await self.approve(req, user.username, 303)
         except RedirectError as exc:
             return self.redirect_error(req, exc, 303)
-
-    async def _form(self, request: Request) -> dict[str, list[str]]:
-        """The posted form; anything else is an error page, not a JSON error."""
-        ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if ctype != "application/x-www-form-urlencoded":
-            raise ErrorPage("The form was not sent as a form.", 415)
-        try:
-            body = await read_body(request, self.settings.max_body_size, self.settings.request_timeout)
-            return _multi(parse_form(body))
-        except OAuthError as exc:
-            raise ErrorPage(exc.description, exc.status_code) from None
 
     async def _login(self, request: Request, req: AuthRequest, username: str | None,
                      password: str | None) -> Response:
@@ -388,7 +270,7 @@ class AuthorizeEndpoints:
             return self.page("logout.html", csrf=self.csrf_for(session.session_id),
                              username=session.username, next="")
         try:
-            params = await self._form(request)
+            params = await authrequest.read_form(request, self.settings)
         except ErrorPage as exc:
             return self.error_page(exc.message, exc.status)
         form = {name: values[0] for name, values in params.items() if len(values) == 1}
