@@ -17,7 +17,7 @@ from hypothesis import given, settings, strategies as st
 
 from tokensvc.clientauth import _basic
 from tokensvc.errors import InvalidClient, InvalidRequest
-from tokensvc.params import _json_pairs, collect, parse_form
+from tokensvc.http.params import _json_pairs, collect, parse_form
 
 FUZZ = settings(max_examples=150, deadline=None, database=None)
 # Text that UTF-8 can carry: every character but lone surrogates.

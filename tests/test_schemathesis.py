@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
 from tests.support.config import ADMIN
 from tests.support.redis_servers import RedisServer
 from tests.support.service import Service
-from tokensvc.openapi import JSON, document
+from tokensvc.http.openapi import JSON, document
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, response_headers_conformance]

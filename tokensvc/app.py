@@ -16,18 +16,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tokensvc import metrics as metrics_mod, openapi, settings as settings_mod
-from tokensvc.admin import AdminEndpoints
-from tokensvc.discovery import DiscoveryEndpoints
+from tokensvc import metrics as metrics_mod, settings as settings_mod
 from tokensvc.errors import OAuthError, StoreUnavailable
 from tokensvc.fleet import KeyMismatch
 from tokensvc.grants import GRANT_TYPES
-from tokensvc.hotpath import HotPaths, HotRoute, response_for
-from tokensvc.httpprotocol import HeaderDeadlineProtocol
+from tokensvc.http import openapi
+from tokensvc.http.admin import AdminEndpoints
+from tokensvc.http.discovery import DiscoveryEndpoints
+from tokensvc.http.hotpath import HotPaths, HotRoute, response_for
+from tokensvc.http.httpprotocol import HeaderDeadlineProtocol
+from tokensvc.http.oauth import OAuthEndpoints
+from tokensvc.http.principal import PrincipalEndpoints
+from tokensvc.http.registration import RegistrationEndpoints
 from tokensvc.metrics import Receive, Scope, Send
-from tokensvc.oauth import OAuthEndpoints
-from tokensvc.principal import PrincipalEndpoints
-from tokensvc.registration import RegistrationEndpoints
 from tokensvc.services import Services
 from tokensvc.settings import Settings
 from tokensvc.web.authorize import AuthorizeEndpoints

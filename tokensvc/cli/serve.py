@@ -25,7 +25,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from tokensvc import __version__, settings as settings_mod
 from tokensvc.cli.base import DEFAULTS, CliError, load_settings, main, masked, setting_options
-from tokensvc.httpprotocol import HeaderDeadlineProtocol
+from tokensvc.http.httpprotocol import HeaderDeadlineProtocol
 from tokensvc.keyring import Keyring
 from tokensvc.settings import ENV_PREFIX, Settings
 from tokensvc.store.embedded import EmbeddedRedis, EmbeddedRedisError

@@ -16,8 +16,8 @@ from starlette.requests import Request
 
 from tokensvc import pkce, scopes
 from tokensvc.errors import InvalidScope, OAuthError
+from tokensvc.http.params import parse_form, read_body
 from tokensvc.models import Client
-from tokensvc.params import parse_form, read_body
 from tokensvc.services import Services
 from tokensvc.settings import Settings
 

@@ -17,9 +17,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tokensvc.admin import MAX_OFFSET
 from tokensvc.errors import OAuthError
 from tokensvc.grants import GRANT_TYPES
+from tokensvc.http.admin import MAX_OFFSET
 from tokensvc.models import Client
 from tokensvc.registry import Registry
 from tokensvc.services import Services

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from tokensvc.errors import InvalidRequest
-from tokensvc.params import FORM, media_type, read_document
+from tokensvc.http.params import FORM, media_type, read_document
 from tokensvc.services import Services
 from tokensvc.tokens import digest
 from tokensvc.web.pages import Pages

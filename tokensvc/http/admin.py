@@ -8,11 +8,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tokensvc.bearer import AdminKey
 from tokensvc.errors import InvalidRequest
-from tokensvc.params import read_document
+from tokensvc.http.bearer import AdminKey
+from tokensvc.http.params import read_document
+from tokensvc.http.responses import json_response
 from tokensvc.registry import Registry, client_view, user_view
-from tokensvc.responses import json_response
 from tokensvc.services import Services
 
 audit = logging.getLogger("tokensvc.audit")

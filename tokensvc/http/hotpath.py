@@ -25,15 +25,15 @@ from starlette.routing import BaseRoute, Route
 
 from tokensvc import metrics
 from tokensvc.errors import OAuthError, StoreUnavailable
-from tokensvc.metrics import ASGIApp, Message, Receive, Scope, Send
-from tokensvc.outage import OUTAGE
-from tokensvc.responses import (
+from tokensvc.http.responses import (
     crash_response,
     error_body,
     error_response,
     json_response,
     unavailable_response,
 )
+from tokensvc.metrics import ASGIApp, Message, Receive, Scope, Send
+from tokensvc.outage import OUTAGE
 
 log = logging.getLogger("tokensvc")
 Endpoint = Callable[[Request], Awaitable[Response]]

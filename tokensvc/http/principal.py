@@ -5,8 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tokensvc.bearer import access_token, principal
-from tokensvc.responses import json_response
+from tokensvc.http.bearer import access_token, principal
+from tokensvc.http.responses import json_response
 from tokensvc.services import Services
 
 

@@ -6,7 +6,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tokensvc import metrics
-from tokensvc.bearer import bearer_token, introspection, live_record
 from tokensvc.clientauth import authenticate
 from tokensvc.errors import (
     InvalidRequest,
@@ -19,8 +18,9 @@ from tokensvc.errors import (
 )
 from tokensvc.grants import GRANTS
 from tokensvc.grants.base import GrantContext
-from tokensvc.params import read_params
-from tokensvc.responses import json_response
+from tokensvc.http.bearer import bearer_token, introspection, live_record
+from tokensvc.http.params import read_params
+from tokensvc.http.responses import json_response
 from tokensvc.services import Services
 from tokensvc.tokens import ACCESS, CODE, REFRESH
 

@@ -19,16 +19,16 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tokensvc.bearer import bearer_token
 from tokensvc.errors import InvalidRequest, OAuthError, Throttled, UnsupportedMediaType
+from tokensvc.http.bearer import bearer_token
+from tokensvc.http.params import JSON, media_type, read_document
+from tokensvc.http.responses import json_response
 from tokensvc.models import Client
-from tokensvc.params import JSON, media_type, read_document
 from tokensvc.registry import _redirect_uri, _strings, _text
-from tokensvc.responses import json_response
 from tokensvc.services import Services
 
 if TYPE_CHECKING:
-    from tokensvc.admin import AdminEndpoints
+    from tokensvc.http.admin import AdminEndpoints
 
 audit = logging.getLogger("tokensvc.audit")
 

@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from tokensvc.errors import StoreUnavailable
 from tokensvc.grants import GRANTS
-from tokensvc.responses import error_body, json_response
+from tokensvc.http.responses import error_body, json_response
 from tokensvc.services import Services
 
 _AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
