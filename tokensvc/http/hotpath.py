@@ -81,7 +81,17 @@ class HotPaths:
         start = time.perf_counter()
         metrics.request_started()
         if endpoint is not None:
-            await self._hot(endpoint, scope, receive, send, start)
+            # Inline rather than a helper method: this is every token and introspection request.
+            path = scope["path"]
+            try:
+                response = await endpoint(Request(scope, receive))
+            except Exception as exc:
+                response = response_for(exc, self.retry_after, path)
+            try:
+                await response(scope, receive, send)
+            finally:
+                metrics.request_finished(path, "POST", response.status_code,
+                                         time.perf_counter() - start)
             return
         status = 500
 
@@ -97,15 +107,3 @@ class HotPaths:
             # The route template Starlette matched, never the raw path (ids stay out of labels).
             route = getattr(scope.get("route"), "path", "unmatched")
             metrics.request_finished(route, scope["method"], status, time.perf_counter() - start)
-
-    async def _hot(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send,
-                   start: float) -> None:
-        path = scope["path"]
-        try:
-            response = await endpoint(Request(scope, receive))
-        except Exception as exc:
-            response = response_for(exc, self.retry_after, path)
-        try:
-            await response(scope, receive, send)
-        finally:
-            metrics.request_finished(path, "POST", response.status_code, time.perf_counter() - start)
