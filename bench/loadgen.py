@@ -177,7 +177,8 @@ class MixSource:
             self.fixed = {}
             for conn in range(connections):
                 self.fixed[conn] = next(i for i, b in enumerate(bounds) if conn + 0.5 <= b)
-        random.Random(seed).shuffle(seq)
+        # A reproducible request order for a given seed, not a secret.
+        random.Random(seed).shuffle(seq)  # noqa: S311
         self.seq = seq
         self.pos: dict[int, int] = {}
 

@@ -259,7 +259,7 @@ def test_serve_arguments_are_accepted(where: str) -> None:
     serve = cli.main.get_command(cli.main.make_context("tokensvc", list(args)), "serve")
     assert serve is not None
     ctx = serve.make_context("serve", list(args[1:]))
-    assert ctx.params["host"] == "0.0.0.0"
+    assert ctx.params["host"] == "0.0.0.0"  # noqa: S104 -- the container must listen on its own interface
     assert settings.load(ctx.params, environ={}).port == int(flag_value(args, "--port"))
 
 
@@ -384,7 +384,8 @@ def test_kubernetes_pod_is_locked_down() -> None:
     empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
     mounts = {PurePosixPath(m["mountPath"]) for m in container["volumeMounts"] if m["name"] in empty_dirs}
     env = deployment_env()
-    for path in ("/tmp", env["TOKENSVC_DATA_DIR"], env["PROMETHEUS_MULTIPROC_DIR"]):
+    # Checks that the pod mounts a writable /tmp; nothing is written there.
+    for path in ("/tmp", env["TOKENSVC_DATA_DIR"], env["PROMETHEUS_MULTIPROC_DIR"]):  # noqa: S108
         assert any(PurePosixPath(path).is_relative_to(m) for m in mounts), f"{path} is not writable"
 
 

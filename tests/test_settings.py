@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from tests.support.config import service_env
 from tokensvc import settings
 from tokensvc.cli import main
 from tokensvc.settings import OPTIONS, Settings, SettingsError
@@ -35,7 +38,7 @@ def test_environment_is_parsed_into_typed_settings() -> None:
         "TOKENSVC_LOG_LEVEL": "WARNING",
         "PATH": "/usr/bin",  # not ours: ignored
     })
-    assert s.host == "0.0.0.0" and s.port == 9000 and s.workers == 4
+    assert s.host == "0.0.0.0" and s.port == 9000 and s.workers == 4  # noqa: S104 -- parsed, nothing binds
     assert s.redis_url == "rediss://:pw@redis.internal:6380/2"
     assert s.redis_timeout == 0.25
     assert s.data_dir == Path("/srv/tokensvc")
@@ -58,10 +61,11 @@ def test_no_environment_gives_the_defaults() -> None:
 def test_flags_override_the_environment() -> None:
     s = settings.load({"port": "7000", "reuse_tokens": False, "host": None},
                       environ={"TOKENSVC_PORT": "9000", "TOKENSVC_REUSE_TOKENS": "1",
-                               "TOKENSVC_HOST": "0.0.0.0"})
+                               "TOKENSVC_HOST": "0.0.0.0"})  # noqa: S104 -- parsed, nothing binds
     assert s.port == 7000
     assert s.reuse_tokens is False
-    assert s.host == "0.0.0.0"  # a flag left unset (None) does not override
+    # A flag left unset (None) does not override.
+    assert s.host == "0.0.0.0"  # noqa: S104 -- parsed, nothing binds
 
 
 def test_to_env_round_trips() -> None:
@@ -123,6 +127,34 @@ def test_generated_keys_are_made_once_and_kept(tmp_path: Path) -> None:
     assert not (tmp_path / "other").exists()
 
 
+@pytest.mark.parametrize("name, content, setting", [
+    ("admin.key", "\n", "TOKENSVC_ADMIN_KEY"),
+    ("admin.key", "k" * 15 + "\n", "TOKENSVC_ADMIN_KEY"),
+    ("secret.key", "", "TOKENSVC_SECRET_KEYS"),
+    ("secret.key", "s" * 31, "TOKENSVC_SECRET_KEYS"),
+], ids=["admin-empty", "admin-short", "secret-empty", "secret-short"])
+def test_an_emptied_or_cut_key_file_is_refused(tmp_path: Path, name: str, content: str, setting: str) -> None:
+    """A key file emptied or cut short (a full disk, a bad copy) stops the service, as the same
+    key given as a setting would: an empty server key tags tokens, CSRF tokens and secret
+    verifiers with a key everyone knows, and an empty admin key guards nothing."""
+    var = tmp_path / "var"
+    var.mkdir()
+    (var / name).write_text(content)
+    with pytest.raises(SettingsError) as err:
+        settings.with_generated_keys(Settings(data_dir=var))
+    message = str(err.value)
+    assert message.startswith(f"setting {setting} (") and f"the key in {var / name} " in message
+    assert (var / name).read_text() == content  # left for the operator to look at
+
+
+def test_no_admin_api_without_an_admin_key() -> None:
+    """The admin API and console check for their key explicitly: an assert would vanish under
+    `python -O`, and an empty key would then open them."""
+    with pytest.raises(SettingsError, match="TOKENSVC_ADMIN_KEY"):
+        settings.admin_key_of(Settings())
+    assert settings.admin_key_of(Settings(admin_key="k" * 16)) == "k" * 16
+
+
 # -- the CLI flags --------------------------------------------------------------------------
 
 
@@ -174,6 +206,19 @@ def test_a_bad_variable_is_refused_even_when_a_flag_overrides_it(runner: CliRunn
     result = runner.invoke(main, ["serve", "--port", "9000"], env={"TOKENSVC_PORT": "x"})
     assert result.exit_code == 2
     assert "TOKENSVC_PORT" in result.output
+
+
+def test_serve_with_a_cut_key_file_exits_2_naming_it(tmp_path: Path) -> None:
+    """Refused before anything starts (the Redis URL given here answers nothing)."""
+    var = tmp_path / "var"
+    var.mkdir()
+    (var / "admin.key").write_text("short\n")
+    done = subprocess.run([sys.executable, "-m", "tokensvc", "serve", "--data-dir", str(var),
+                           "--redis-url", "redis://127.0.0.1:9"],
+                          env=service_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert (f"Error: setting TOKENSVC_ADMIN_KEY (--admin-key): the key in {var / 'admin.key'} must be "
+            "at least 16 characters") in done.stderr
 
 
 def test_unknown_flag_is_a_usage_error(runner: CliRunner) -> None:

@@ -121,7 +121,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # shorter.
         gc.collect()
         gc.freeze()
-        assert settings.redis_url is not None
+        # Type narrowing: Services.build() above refuses settings without a Redis URL.
+        assert settings.redis_url is not None  # noqa: S101
         listener = asyncio.create_task(svc.clients.listen(settings.redis_url,
                                                           settings.redis_timeout))
         tasks = [listener, asyncio.create_task(svc.usage.run()), asyncio.create_task(svc.fleet.run())]

@@ -54,9 +54,7 @@ async def authenticate(authorization: str | None, params: Mapping[str, str], cli
 
 async def _authenticate(authorization: str | None, params: Mapping[str, str], clients: ClientDirectory,
                         *, allow_public: bool) -> Authenticated:
-    uses_basic = authorization is not None and authorization[:6].lower() == "basic "
-    if uses_basic:
-        assert authorization is not None
+    if authorization is not None and authorization[:6].lower() == "basic ":
         if "client_secret" in params:
             # RFC 6749 §2.3: the client MUST NOT use more than one authentication method.
             raise InvalidRequest("Use one client authentication method, not Basic and a body secret.")
@@ -75,7 +73,7 @@ async def _authenticate(authorization: str | None, params: Mapping[str, str], cl
     else:
         raise InvalidClient("Client authentication is required.", _BASIC_CHALLENGE)
 
-    challenge = _BASIC_CHALLENGE if uses_basic else None
+    challenge = _BASIC_CHALLENGE if method == "client_secret_basic" else None
     client = await clients.get(client_id)
     if client is None:
         raise InvalidClient("Client authentication failed.", challenge)

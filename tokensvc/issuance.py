@@ -131,7 +131,8 @@ class TokenWriter:
         epoch = self.clients.epoch
         at_seed = new_seed()
         access = self.codec.derive(ACCESS, grant_id, at_seed)
-        assert access is not None
+        # Type narrowing: derive() without a key id uses the signing key, which always exists.
+        assert access is not None  # noqa: S101
         at_key = keys.token(grant_id, access.digest)
         tokens = [(at_key, records.encode_token(ACCESS, client.client_id, username, scope,
                                                 grant_id, now, at_ttl), at_ttl)]
@@ -140,7 +141,7 @@ class TokenWriter:
         if with_refresh:
             rt_seed = new_seed()
             refresh = self.codec.derive(REFRESH, grant_id, rt_seed)
-            assert refresh is not None
+            assert refresh is not None  # noqa: S101 -- as above: the signing key always exists
             tokens.append((keys.token(grant_id, refresh.digest),
                            records.encode_token(REFRESH, client.client_id, username, scope,
                                                 grant_id, now, rt_ttl), rt_ttl))

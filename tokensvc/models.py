@@ -32,7 +32,7 @@ class Client:
     @property
     def is_public(self) -> bool:
         """RFC 6749 §2.1: a client that cannot keep a secret authenticates with `none`."""
-        return self.token_endpoint_auth_method == "none"
+        return self.token_endpoint_auth_method == "none"  # noqa: S105 -- a method name, not a secret
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from tokensvc.scopes import is_scope_token
 from tokensvc.settings import MAX_TTL
 from tokensvc.storage import RegistryStorage
 
-SECRET_PREFIX = "tsv_cs_"
+SECRET_PREFIX = "tsv_cs_"  # noqa: S105 -- the public prefix of generated secrets, not a secret
 _CONFIG_INTS = ("access_token_ttl", "refresh_token_ttl", "max_user_login_attempts")
 # Ten years: a lifetime must fit Redis' PX and the 64-bit `exp` of a token record.
 _EDITABLE = ("name", "redirect_uris", "scopes", "grant_types", "website",

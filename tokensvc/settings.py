@@ -13,10 +13,11 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 ENV_PREFIX = "TOKENSVC_"
+_T = TypeVar("_T")
 
 
 class SettingsError(ValueError):
@@ -344,10 +345,33 @@ def _key_file(path: Path) -> str:
 
 
 def with_generated_keys(settings: Settings) -> Settings:
-    """Fill an unset admin key or server key from files under the data dir (made on first use)."""
+    """Fill an unset admin key or server key from files under the data dir (made on first use).
+
+    A key file is held to the rules of its setting: an emptied or truncated admin.key would
+    otherwise guard the admin API with a key shorter than the setting allows (or none), and an
+    emptied secret.key would tag tokens, CSRF tokens and secret verifiers with a key anyone
+    knows."""
     changes: dict[str, Any] = {}
     if settings.admin_key is None:
-        changes["admin_key"] = _key_file(settings.data_dir / "admin.key")
+        path = settings.data_dir / "admin.key"
+        changes["admin_key"] = _checked_key_file("admin_key", path, _key_file(path))
     if not settings.secret_keys:
-        changes["secret_keys"] = (_key_file(settings.data_dir / "secret.key"),)
+        path = settings.data_dir / "secret.key"
+        changes["secret_keys"] = _checked_key_file("secret_keys", path, (_key_file(path),))
     return dataclasses.replace(settings, **changes) if changes else settings
+
+
+def _checked_key_file(name: str, path: Path, value: _T) -> _T:
+    problem = _BY_NAME[name].check(value)
+    if problem:
+        raise SettingsError(name, f"the key in {path} {problem}; delete the file to have a new one made")
+    return value
+
+
+def admin_key_of(settings: Settings) -> str:
+    """The admin key, or a refusal to build the admin API and console without one.
+
+    An explicit check rather than an assert, which `python -O` would drop."""
+    if not settings.admin_key:
+        raise SettingsError("admin_key", "is not set; the admin API is never unprotected")
+    return settings.admin_key

@@ -24,10 +24,18 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from tokensvc import __version__, settings as settings_mod
-from tokensvc.cli.base import DEFAULTS, CliError, load_settings, main, masked, setting_options
+from tokensvc.cli.base import (
+    DEFAULTS,
+    CliError,
+    SettingsProblem,
+    load_settings,
+    main,
+    masked,
+    setting_options,
+)
 from tokensvc.http.httpprotocol import HeaderDeadlineProtocol
 from tokensvc.keyring import Keyring
-from tokensvc.settings import ENV_PREFIX, Settings
+from tokensvc.settings import ENV_PREFIX, Settings, SettingsError
 from tokensvc.store.embedded import EmbeddedRedis, EmbeddedRedisError
 from tokensvc.store.redis import open_store
 
@@ -95,6 +103,8 @@ def serve(**flags: Any) -> None:
             cfg = settings_mod.with_generated_keys(cfg)
         except OSError as exc:
             raise CliError(f"cannot keep the generated keys under {cfg.data_dir}: {exc}") from None
+        except SettingsError as exc:
+            raise SettingsProblem(str(exc)) from None
         _check_keys(cfg)
         _banner(cfg, embedded, admin_key_given)
         # create_app() in each worker reads its settings from the environment.
@@ -128,7 +138,8 @@ def _check_keys(cfg: Settings) -> None:
     reason to refuse: the workers answer 503 until it is back, and check then."""
     from tokensvc.fleet import Fleet, KeyMismatch
 
-    assert cfg.redis_url is not None
+    # Type narrowing: serve() sets the Redis URL (the embedded one) before calling this.
+    assert cfg.redis_url is not None  # noqa: S101
     url = cfg.redis_url
 
     async def check() -> None:
@@ -187,7 +198,8 @@ def _log_config(level: str) -> dict[str, Any]:
 def _banner(cfg: Settings, embedded: EmbeddedRedis | None, admin_key_given: bool) -> None:
     """Where things are and how to start: printed once, before uvicorn's own log lines."""
     base = _base_url(cfg)
-    assert cfg.redis_url is not None
+    # Type narrowing: serve() sets the Redis URL (the embedded one) before calling this.
+    assert cfg.redis_url is not None  # noqa: S101
     workers = f"{cfg.workers} worker{'s' if cfg.workers != 1 else ''}"
     lines = [f"tokensvc {__version__} on {base} ({workers})"]
     create = f"{_command_name()} client create --name demo"

@@ -2,7 +2,8 @@
 
 The whole exchange is rotate.lua, one script in the grant's slot: the presented token is
 marked rotated and a new pair written; a rotated token presented again after the grace period
-ends the grant (it leaked), and so does a refresh token presented by another client.
+ends the grant (it leaked). A refresh token presented by another client is refused and the
+grant left alone, so no client can end another's grant with a token it got hold of.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from tokensvc.http.params import read_document
 from tokensvc.http.responses import json_response
 from tokensvc.registry import Registry, client_view, user_view
 from tokensvc.services import Services
+from tokensvc.settings import admin_key_of
 
 audit = logging.getLogger("tokensvc.audit")
 
@@ -37,8 +38,7 @@ class AdminEndpoints:
         self.svc = svc
         self.registry = Registry(svc.store, svc.hasher, None if svc.settings.argon2_per_worker
                                  else svc.codec.keyring.secret_verifier)
-        assert svc.settings.admin_key, "the admin API is never unprotected"
-        self.key = AdminKey(svc.settings.admin_key)
+        self.key = AdminKey(admin_key_of(svc.settings))
         self._guard = self.key.check
 
     async def _doc(self, request: Request) -> dict[str, Any]:

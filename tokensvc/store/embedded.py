@@ -209,7 +209,8 @@ class EmbeddedRedis:
         with open(self.logfile, "ab") as log:
             # A session of its own: a Ctrl-C in the terminal goes to the service, which drains
             # its requests first and only then stops Redis, instead of both stopping at once.
-            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            # No shell: the configured redis-server (or the one on PATH) with the arguments above.
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,  # noqa: S603
                                          env=_child_env(), start_new_session=True, preexec_fn=preexec)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:

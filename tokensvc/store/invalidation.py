@@ -10,6 +10,7 @@ nonce when the writer waits for confirmations.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from typing import TYPE_CHECKING
@@ -133,8 +134,7 @@ class Invalidation(Connection):
             finally:
                 if subscriber.live:  # a stop: nothing is trusted any more either
                     subscriber.lost()
-                try:
+                # A close that fails finds the connection already gone: nothing to release.
+                with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                     await sub.aclose()
-                except Exception:  # the connection is already gone; nothing to release
-                    pass

@@ -116,11 +116,10 @@ class AuthorizeEndpoints:
 
     def login_page(self, request: Request, req: AuthRequest, status: int = 200, error: str | None = None,
                    username: str = "") -> HTMLResponse:
-        visitor = request.cookies.get(VISITOR_COOKIE)
+        visitor = request.cookies.get(VISITOR_COOKIE, "")
         fresh = not visitor or len(visitor) > 100
         if fresh:
             visitor = secrets.token_urlsafe(24)
-        assert visitor is not None
         # The login POST redirects to the client when consent is remembered: form-action must admit it.
         response = self.page("login.html", status, form_target=self.form_target(req.redirect_uri),
                              client=req.client, hidden=req.raw, error=error, username=username,

@@ -89,7 +89,7 @@ class Console(ConsoleAuth):
         session, form, refused = await self.guarded(request)
         if refused is not None:
             return refused
-        assert session is not None
+        assert session is not None  # noqa: S101 -- type narrowing: no refusal means a session
         doc: dict[str, Any] = {
             "name": form.get("name", ""),
             "redirect_uris": form.get("redirect_uris", "").split(),
@@ -133,7 +133,7 @@ class Console(ConsoleAuth):
         session, form, refused = await self.guarded(request)
         if refused is not None:
             return refused
-        assert session is not None
+        assert session is not None  # noqa: S101 -- type narrowing: no refusal means a session
         client_id = request.path_params["client_id"]
         client = await self.svc.store.get_client(client_id)
         if client is None:
@@ -205,7 +205,7 @@ class Console(ConsoleAuth):
         session, form, refused = await self.guarded(request)
         if refused is not None:
             return refused
-        assert session is not None
+        assert session is not None  # noqa: S101 -- type narrowing: no refusal means a session
         action = form.get("action", "")
         username = form.get("username", "")
         ref = hashlib.sha256(username.encode()).hexdigest()[:10]

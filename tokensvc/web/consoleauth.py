@@ -25,6 +25,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from tokensvc.errors import InvalidRequest
 from tokensvc.http.params import FORM, media_type, read_document
 from tokensvc.services import Services
+from tokensvc.settings import admin_key_of
 from tokensvc.tokens import digest
 from tokensvc.web.pages import Pages
 
@@ -68,8 +69,7 @@ class ConsoleAuth:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
         self.pages = Pages(svc.settings, svc.codec.keyring)
-        assert svc.settings.admin_key
-        self._key = svc.settings.admin_key.encode("utf-8")
+        self._key = admin_key_of(svc.settings).encode("utf-8")
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -152,7 +152,7 @@ class ConsoleAuth:
         session, _, refused = await self.guarded(request)
         if refused is not None:
             return refused
-        assert session is not None
+        assert session is not None  # noqa: S101 -- type narrowing: no refusal means a session
         await self.svc.store.delete_admin_session(digest(session.session_id))
         self.audit(request, session, "sign-out")
         response = self.back("/admin/console/login", "signed-out")
