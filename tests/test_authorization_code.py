@@ -299,8 +299,9 @@ async def test_code_is_bound_to_its_redirect_uri(http: httpx.AsyncClient, app: C
 
 async def test_missing_parameters(http: httpx.AsyncClient, app: Client) -> None:
     code = (await get_code(http, app))["code"]
+    # The authorization request named redirect_uri, so redeeming needs it (RFC 6749 §4.1.3).
     assert_error(await redeem(http, app, code, redirect_uri=None), 400, "invalid_request",
-                 "redirect_uri is required.")
+                 "redirect_uri is required: the authorization request named one.")
     resp = await http.post("/oauth/token", data={"grant_type": "authorization_code", "redirect_uri": CB,
                                                  "code_verifier": VERIFIER, "client_id": app["client_id"]})
     assert_error(resp, 400, "invalid_request", "code is required.")

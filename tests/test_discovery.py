@@ -9,6 +9,17 @@ import httpx
 import pytest
 
 from tests.support.api import cc_token, new_client, new_user, password_token
+from tests.support.apps import AppFactory
+from tests.support.authflow import (
+    CB,
+    CHALLENGE,
+    VERIFIER,
+    assert_error_redirect,
+    authorize,
+    get_code,
+    public_app,
+    redeem,
+)
 from tests.support.config import ADMIN
 
 ISSUER = "http://testserver"
@@ -48,8 +59,10 @@ async def test_metadata_document(http: httpx.AsyncClient) -> None:
         "introspection_endpoint": f"{ISSUER}/oauth/introspect",
         "userinfo_endpoint": f"{ISSUER}/oauth/userinfo",
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        # `Bearer`: finAPI's `Authorization: Bearer <the client's own access token>`, by its
+        # name in the "OAuth Access Token Types" registry, as RFC 8414 §2 allows here.
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post",
-                                                       "none"],
+                                                       "none", "Bearer"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic",
                                                           "client_secret_post"],
     }
@@ -106,22 +119,24 @@ async def test_listed_grants_work_and_others_are_unsupported(http: httpx.AsyncCl
     doc = await metadata(http)
     grants = doc["grant_types_supported"]
     assert len(grants) == len(set(grants))
-    client = await new_client(http, grant_types=grants, redirect_uris=["https://app.example/cb"])
+    client = await new_client(http, grant_types=grants, redirect_uris=[CB])
     await new_user(http)
     auth = (client["client_id"], client["client_secret"])
     rt = (await password_token(http, client)).json()["refresh_token"]
+    code = (await get_code(http, client))["code"]
     working = {
         "client_credentials": {},
         "password": {"username": "alice", "password": "correct horse"},
         "refresh_token": {"refresh_token": rt},
+        "authorization_code": {"code": code, "redirect_uri": CB, "code_verifier": VERIFIER},
     }
     for grant in grants:
-        resp = await http.post("/oauth/token", data={"grant_type": grant, **working.get(grant, {})},
+        # A grant listed without a request here that shows it working is not known to work.
+        assert grant in working, f"{grant} is listed but this test has no valid request for it"
+        resp = await http.post("/oauth/token", data={"grant_type": grant, **working[grant]},
                                auth=auth)
-        if grant in working:
-            assert resp.status_code == 200, f"{grant}: {resp.text}"
-        else:  # listed, but this test has no valid request for it: at least it is not unsupported
-            assert resp.json()["error"] != "unsupported_grant_type", grant
+        assert resp.status_code == 200, f"{grant}: {resp.text}"
+        assert resp.json()["access_token"].startswith("tsv_at_")
     for grant in OTHER_GRANTS:
         if grant in grants:
             continue
@@ -130,41 +145,176 @@ async def test_listed_grants_work_and_others_are_unsupported(http: httpx.AsyncCl
         assert resp.json()["error"] == "unsupported_grant_type"
 
 
-async def test_listed_auth_methods_work(http: httpx.AsyncClient) -> None:
-    doc = await metadata(http)
-    confidential = await new_client(http)
-    public = await new_client(http, token_endpoint_auth_method="none")
-    await new_user(http)
-    cid, secret = confidential["client_id"], confidential["client_secret"]
-    token = (await cc_token(http, confidential)).json()["access_token"]
-    user = {"grant_type": "password", "username": "alice", "password": "correct horse"}
+# Every name RFC 8414 §2 admits in an `*_auth_methods_supported` member: the "OAuth Token
+# Endpoint Authentication Methods" registry and the "OAuth Access Token Types" registry.
+IANA_AUTH_METHODS = {"none", "client_secret_post", "client_secret_basic", "client_secret_jwt",
+                     "private_key_jwt", "tls_client_auth", "self_signed_tls_client_auth"}
+IANA_TOKEN_TYPES = {"Bearer", "N_A", "PoP", "DPoP"}
+# The ones this test can make a request with; any other must not be listed.
+TRIED = ("client_secret_basic", "client_secret_post", "none", "Bearer")
 
-    def request(method: str, data: dict[str, str]) -> dict[str, Any]:
+
+class Caller:
+    """A confidential client and a public one, and requests that authenticate each way."""
+
+    def __init__(self, http: httpx.AsyncClient, confidential: dict[str, Any],
+                 public: dict[str, Any]) -> None:
+        self.http = http
+        self.confidential = confidential
+        self.public = public
+
+    async def own_token(self, method: str) -> str:
+        """A fresh access token of the client that `method` authenticates."""
+        if method == "none":
+            resp = await self.http.post("/oauth/token", data={
+                "grant_type": "password", "client_id": self.public["client_id"],
+                "username": "alice", "password": "correct horse"})
+        else:
+            resp = await cc_token(self.http, self.confidential)
+        assert resp.status_code == 200, resp.text
+        token: str = resp.json()["access_token"]
+        return token
+
+    async def post(self, path: str, method: str, data: dict[str, str]) -> httpx.Response:
+        cid, secret = self.confidential["client_id"], self.confidential["client_secret"]
         if method == "client_secret_basic":
-            return {"data": data, "auth": (cid, secret)}
+            return await self.http.post(path, data=data, auth=(cid, secret))
         if method == "client_secret_post":
-            return {"data": {**data, "client_id": cid, "client_secret": secret}}
-        assert method == "none"
-        return {"data": {**data, "client_id": public["client_id"]}}
+            return await self.http.post(path, data={**data, "client_id": cid, "client_secret": secret})
+        if method == "none":
+            return await self.http.post(path, data={**data, "client_id": self.public["client_id"]})
+        assert method == "Bearer"  # the confidential client's own access token
+        return await self.http.post(path, data=data, headers={
+            "Authorization": f"Bearer {await self.own_token(method)}"})
 
-    for method in doc["token_endpoint_auth_methods_supported"]:
-        resp = await http.post("/oauth/token", **request(method, user))
-        assert resp.status_code == 200, f"{method}: {resp.text}"
-    for method in doc["introspection_endpoint_auth_methods_supported"]:
-        resp = await http.post("/oauth/introspect", **request(method, {"token": token}))
-        assert resp.status_code == 200 and resp.json()["active"] is True, method
-    if "none" not in doc["introspection_endpoint_auth_methods_supported"]:
-        resp = await http.post("/oauth/introspect", **request("none", {"token": token}))
-        assert resp.status_code == 401
-    for method in doc["revocation_endpoint_auth_methods_supported"]:
-        resp = await http.post("/oauth/revoke", **request(method, {"token": "unknown"}))
-        assert resp.status_code == 200, f"{method}: {resp.text}"
-    # What is not listed cannot even be registered.
-    for method in ("client_secret_jwt", "private_key_jwt", "tls_client_auth"):
-        assert method not in doc["token_endpoint_auth_methods_supported"]
+
+async def _token_endpoint_works(caller: Caller, method: str) -> bool:
+    resp = await caller.post("/oauth/token", method, {
+        "grant_type": "password", "username": "alice", "password": "correct horse"})
+    return resp.status_code == 200 and resp.json()["access_token"].startswith("tsv_at_")
+
+
+async def _introspection_works(caller: Caller, method: str) -> bool:
+    token = await caller.own_token(method)
+    resp = await caller.post("/oauth/introspect", method, {"token": token})
+    return resp.status_code == 200 and resp.json().get("active") is True
+
+
+async def _live(http: httpx.AsyncClient, token: str) -> bool:
+    resp = await http.get("/oauth/userinfo", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code in (200, 401), resp.text
+    return resp.status_code == 200
+
+
+async def _revocation_works(caller: Caller, method: str) -> bool:
+    """Works: a live token of the authenticated client is dead afterwards."""
+    token = await caller.own_token(method)
+    assert await _live(caller.http, token)
+    resp = await caller.post("/oauth/revoke", method, {"token": token})
+    return resp.status_code == 200 and not await _live(caller.http, token)
+
+
+ENDPOINT_CHECKS = {
+    "token_endpoint_auth_methods_supported": _token_endpoint_works,
+    "introspection_endpoint_auth_methods_supported": _introspection_works,
+    "revocation_endpoint_auth_methods_supported": _revocation_works,
+}
+
+
+@pytest.mark.parametrize("member", list(ENDPOINT_CHECKS))
+async def test_listed_auth_methods_are_exactly_those_that_work(http: httpx.AsyncClient,
+                                                              member: str) -> None:
+    """Each method listed for an endpoint authenticates a request there, and each method that
+    does is listed: at revocation that includes finAPI's Bearer access token (RFC 8414 §2 admits
+    the "OAuth Access Token Types" registry's names for it)."""
+    doc = await metadata(http)
+    listed = doc[member]
+    assert len(listed) == len(set(listed))
+    assert set(listed) <= IANA_AUTH_METHODS | IANA_TOKEN_TYPES, listed
+    assert set(listed) <= set(TRIED), f"{member} lists a method this test cannot try: {listed}"
+    await new_user(http)
+    caller = Caller(http, await new_client(http),
+                    await new_client(http, token_endpoint_auth_method="none"))
+    works = {method for method in TRIED if await ENDPOINT_CHECKS[member](caller, method)}
+    assert set(listed) == works
+
+
+async def test_unlisted_auth_methods_cannot_be_registered(http: httpx.AsyncClient) -> None:
+    doc = await metadata(http)
+    for method in IANA_AUTH_METHODS - set(doc["token_endpoint_auth_methods_supported"]):
         resp = await http.post("/admin/clients", headers=ADMIN,
                                json={"name": "n", "token_endpoint_auth_method": method})
-        assert resp.status_code == 400
+        assert resp.status_code == 400, method
+
+
+async def test_listed_pkce_methods_work_and_others_are_refused(app_factory: AppFactory) -> None:
+    """code_challenge_methods_supported follows TOKENSVC_ALLOW_PLAIN_PKCE: every listed method
+    carries a code from the authorization request to its redemption; `plain`, unlisted, is
+    refused at the authorization endpoint."""
+    for allow_plain, methods in ((False, ["S256"]), (True, ["S256", "plain"])):
+        async with app_factory(allow_plain_pkce=allow_plain) as http:
+            await http.delete("/admin/users/alice", headers=ADMIN)
+            await new_user(http)
+            doc = await metadata(http)
+            assert doc["code_challenge_methods_supported"] == methods
+            app = await public_app(http)
+            challenges = {"S256": CHALLENGE, "plain": VERIFIER}
+            for method in methods:
+                code = (await get_code(http, app, code_challenge=challenges[method],
+                                       code_challenge_method=method))["code"]
+                resp = await redeem(http, app, code)
+                assert resp.status_code == 200, f"{method}: {resp.text}"
+            for method in {"S256", "plain"} - set(methods):
+                resp = await authorize(http, app, code_challenge=challenges[method],
+                                       code_challenge_method=method)
+                assert_error_redirect(resp, "invalid_request",
+                                      "code_challenge_method plain is not allowed; use S256.")
+
+
+async def test_listed_response_types_and_modes_work(http: httpx.AsyncClient) -> None:
+    """response_types_supported ["code"], response_modes_supported ["query"] and
+    authorization_response_iss_parameter_supported: the code comes back in the redirect URI's
+    query with `iss` equal to the issuer (RFC 9207); other response types are unsupported."""
+    doc = await metadata(http)
+    assert doc["response_types_supported"] == ["code"]
+    assert doc["response_modes_supported"] == ["query"]
+    assert doc["authorization_response_iss_parameter_supported"] is True
+    await new_user(http)
+    app = await public_app(http)
+    query = await get_code(http, app)  # parses the Location's query; checks code and iss
+    assert query["iss"] == doc["issuer"]
+    for response_type in ("token", "id_token", "code token", "code id_token"):
+        resp = await authorize(http, app, response_type=response_type)
+        assert_error_redirect(resp, "unsupported_response_type",
+                              "Only response_type=code is supported.")
+
+
+# Each member the metadata may carry, and the test above that holds it to what is served.
+CHECKED_MEMBERS = {
+    "issuer": test_metadata_document,
+    "authorization_endpoint": test_every_listed_endpoint_is_served_and_every_served_one_is_listed,
+    "token_endpoint": test_every_listed_endpoint_is_served_and_every_served_one_is_listed,
+    "revocation_endpoint": test_every_listed_endpoint_is_served_and_every_served_one_is_listed,
+    "introspection_endpoint": test_every_listed_endpoint_is_served_and_every_served_one_is_listed,
+    "userinfo_endpoint": test_every_listed_endpoint_is_served_and_every_served_one_is_listed,
+    "registration_endpoint": test_every_listed_endpoint_is_served_and_every_served_one_is_listed,
+    "grant_types_supported": test_listed_grants_work_and_others_are_unsupported,
+    "response_types_supported": test_listed_response_types_and_modes_work,
+    "response_modes_supported": test_listed_response_types_and_modes_work,
+    "authorization_response_iss_parameter_supported": test_listed_response_types_and_modes_work,
+    "code_challenge_methods_supported": test_listed_pkce_methods_work_and_others_are_refused,
+    "token_endpoint_auth_methods_supported": test_listed_auth_methods_are_exactly_those_that_work,
+    "introspection_endpoint_auth_methods_supported":
+        test_listed_auth_methods_are_exactly_those_that_work,
+    "revocation_endpoint_auth_methods_supported":
+        test_listed_auth_methods_are_exactly_those_that_work,
+}
+
+
+async def test_every_metadata_member_is_held_to_behaviour(http: httpx.AsyncClient) -> None:
+    """A member added to the metadata without a test of what it claims fails here."""
+    doc = await metadata(http)
+    assert set(doc) <= set(CHECKED_MEMBERS), set(doc) - set(CHECKED_MEMBERS)
 
 
 async def test_healthz(http: httpx.AsyncClient) -> None:

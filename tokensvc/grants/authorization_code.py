@@ -28,16 +28,19 @@ _REFUSALS = {
 
 
 async def issue_code(tokens: TokenWriter, client: Client, username: str, scope: str,
-                     redirect_uri: str, challenge: str | None, method: str | None) -> str:
+                     redirect_uri: str, redirect_uri_sent: bool, challenge: str | None,
+                     method: str | None) -> str:
     """RFC 6749 §4.1.2: a single-use code bound to client, user, scope, redirect and PKCE.
 
+    `redirect_uri` is where the code goes; `redirect_uri_sent` says whether the request named
+    it, which decides whether its redemption must (RFC 6749 §4.1.3).
     Indexed in its grant and linked to the user like a token, so deleting the user (the
     cascade over the user's grants) ends a code not yet redeemed, too."""
     ttl = tokens.settings.code_ttl * 1000
     grant_id = new_grant_id()
     code = tokens.codec.mint(CODE, grant_id)
     record = records.encode_code(client.client_id, username, scope, grant_id, redirect_uri,
-                                 challenge, method, now_ms(), ttl)
+                                 redirect_uri_sent, challenge, method, now_ms(), ttl)
     await tokens.store.issue(grant_id, [(keys.token(grant_id, code.digest), record, ttl)])
     await tokens.store.link_user_grant(username, grant_id, ttl)
     metrics.code_event("issued")
@@ -50,9 +53,6 @@ async def handle(ctx: GrantContext) -> TokenResponse:
     redirect_uri = ctx.params.get("redirect_uri")
     if code is None:
         raise InvalidRequest("code is required.")
-    if redirect_uri is None:
-        # RFC 6749 §4.1.3: required when the authorization request carried one, which ours must.
-        raise InvalidRequest("redirect_uri is required.")
     try:
         verifier = pkce.verifier(ctx.params.get("code_verifier"))
     except pkce.PkceError as exc:
@@ -71,10 +71,15 @@ async def handle(ctx: GrantContext) -> TokenResponse:
     refresh = codec.mint(REFRESH, parsed.grant_id)
     s256 = "" if verifier is None else pkce.s256(verifier)
     out = await ctx.store.redeem(parsed.grant_id, parsed.digest, access.digest, refresh.digest,
-                                 client.client_id, redirect_uri, verifier or "", s256,
+                                 client.client_id, redirect_uri or "", verifier or "", s256,
                                  at_ttl, rt_ttl, with_refresh)
     if out[0] == "REPLAY":
         metrics.code_event("replayed")
+    if out[0] == "NO_REDIRECT":
+        # RFC 6749 §4.1.3: redirect_uri is REQUIRED "if the redirect_uri parameter was included
+        # in the authorization request". A missing parameter is invalid_request (§5.2); the code
+        # is left as it was, as for any other request refused for what it lacks.
+        raise InvalidRequest("redirect_uri is required: the authorization request named one.")
     if out[0] != "OK":
         raise InvalidGrant(_REFUSALS.get(out[0], _UNKNOWN))
     metrics.code_event("redeemed")

@@ -11,6 +11,12 @@ from tokensvc.http.responses import error_body, json_response
 from tokensvc.services import Services
 
 _AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+# RFC 8414 §2: the revocation and introspection endpoints' methods may be names from the "OAuth
+# Token Endpoint Authentication Methods" registry "or those registered in the IANA 'OAuth Access
+# Token Types' registry" (kept distinct by §7.2), the latter meaning the caller presents an
+# access token of that type. `Bearer` (RFC 6750) is that registered name for finAPI's
+# `Authorization: Bearer <the client's own access token>` at /oauth/revoke.
+_BEARER = "Bearer"
 
 
 def metadata(svc: Services) -> dict[str, object]:
@@ -31,7 +37,7 @@ def metadata(svc: Services) -> dict[str, object]:
                                              else ["S256"]),
         "authorization_response_iss_parameter_supported": True,
         "token_endpoint_auth_methods_supported": [*_AUTH_METHODS, "none"],
-        "revocation_endpoint_auth_methods_supported": [*_AUTH_METHODS, "none"],
+        "revocation_endpoint_auth_methods_supported": [*_AUTH_METHODS, "none", _BEARER],
         "introspection_endpoint_auth_methods_supported": _AUTH_METHODS,
     }
 

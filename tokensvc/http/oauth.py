@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -26,6 +28,21 @@ from tokensvc.tokens import ACCESS, CODE, REFRESH
 
 _HINTS = (None, "access_token", "refresh_token")
 
+# RFC 6749 §2.3.1: client credentials "MUST NOT be included in the request URI", and §3.2: the
+# token request's parameters go in the entity-body. The token and introspection endpoints define
+# no parameter of their URL at all, so the rule is the simplest one that cannot miss a name: any
+# query string is refused. A list of forbidden names would let through the next credential
+# (client_assertion, a password, a refresh token, ...) and would cost a parse per request; this
+# costs one look at the raw bytes, nothing when they are empty. Refused before the body is read,
+# so nothing is authenticated, counted or spent.
+_TOKEN_QUERY = ("The token endpoint takes no parameters in its URL: send grant_type, the client "
+                "credentials and every other parameter in the request body (RFC 6749 §2.3.1, §3.2).")
+# RFC 7662 §2.1: the introspection request's parameters are sent in the body, too.
+_INTROSPECT_QUERY = ("The introspection endpoint takes no parameters in its URL: send token, "
+                     "token_type_hint and the client credentials in the request body "
+                     "(RFC 7662 §2.1, RFC 6749 §2.3.1).")
+# finAPI's revocation reads the token and its hint from the URL; nothing else may come that way.
+_REVOKE_QUERY_NAMES = frozenset(("token", "token_type_hint"))
 
 
 class OAuthEndpoints:
@@ -48,6 +65,8 @@ class OAuthEndpoints:
 
     async def _token(self, request: Request) -> Response:
         svc = self.svc
+        if request.scope["query_string"]:
+            raise InvalidRequest(_TOKEN_QUERY)
         params = await read_params(request, self.limit, self.timeout)
         grant_type = params.get("grant_type")
         if grant_type is None:
@@ -68,6 +87,8 @@ class OAuthEndpoints:
     async def revoke(self, request: Request) -> Response:
         """RFC 7009, plus finAPI's `Authorization: Bearer <the client's own access token>`."""
         svc = self.svc
+        if request.scope["query_string"]:
+            _revoke_query(request.scope["query_string"])
         params = await read_params(request, self.limit, self.timeout)
         for name in ("token", "token_type_hint"):
             value = request.query_params.get(name)
@@ -110,6 +131,8 @@ class OAuthEndpoints:
     async def introspect(self, request: Request) -> Response:
         """RFC 7662: anything unknown, expired, rotated or revoked is just `active: false`."""
         svc = self.svc
+        if request.scope["query_string"]:
+            raise InvalidRequest(_INTROSPECT_QUERY)
         params = await read_params(request, self.limit, self.timeout)
         await authenticate(request.headers.get("authorization"), params, svc.clients,
                            allow_public=False)
@@ -120,3 +143,15 @@ class OAuthEndpoints:
             raise UnsupportedTokenType("token_type_hint must be access_token or refresh_token.")
         record = await live_record(svc, token)
         return json_response(introspection(record, svc.settings.issuer_url), no_store=True)
+
+
+def _revoke_query(query: bytes) -> None:
+    """Refuse any name in revocation's URL but finAPI's two (RFC 6749 §2.3.1: client credentials
+    "MUST NOT be included in the request URI"). An allow-list, so that no credential's name
+    (client_secret, client_assertion, access_token, ...) can slip past it."""
+    for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if name not in _REVOKE_QUERY_NAMES:
+            raise InvalidRequest(
+                f"The parameter '{name[:64]}' does not belong in the URL: only token and "
+                "token_type_hint may be sent there; send client credentials in the "
+                "Authorization header or the request body (RFC 6749 §2.3.1).")

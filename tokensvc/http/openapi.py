@@ -154,17 +154,26 @@ def _token_endpoint(summary: str) -> Schema:
                         body=_body(_ref("TokenRequest"), FORM, JSON), security=CLIENT_AUTH)}
 
 
-def _page(summary: str, *, post: bool) -> Schema:
+def _page(summary: str, *, post: bool, json_errors: bool = False) -> Schema:
+    """An HTML endpoint; with `json_errors`, its refusals are also RFC 6749 §5.2 JSON to a
+    caller whose Accept prefers application/json (the authorization endpoint)."""
+
+    def refusal(description: str) -> Schema:
+        out = _html(description)
+        if json_errors:
+            out["content"][JSON] = {"schema": _ref("Error")}
+        return out
+
     get = _op(summary, {"200": _html("A page."), "302": _redirect("To the client or a page."),
-                        "400": _html("An error page (never a redirect).")})
+                        "400": refusal("An error page (never a redirect).")})
     item: Schema = {"get": get}
     if post:
         item["post"] = _op(summary + " (form submission)",
                            {"200": _html("A page."), "303": _redirect("See other."),
-                            "400": _html("An error page."), "401": _html("Sign-in failed."),
-                            "403": _html("Form expired or forged."), "408": _html("Too slow."),
-                            "413": _html("Too large."),
-                            "415": _html("Not a form."), "423": _html("Locked."),
+                            "400": refusal("An error page."), "401": _html("Sign-in failed."),
+                            "403": refusal("Form expired or forged."), "408": refusal("Too slow."),
+                            "413": refusal("Too large."),
+                            "415": refusal("Not a form."), "423": _html("Locked."),
                             "503": _error("Storage unavailable.", retry_after=True)},
                            body=_body({"type": "object", "additionalProperties": True}, FORM))
     return item
@@ -211,8 +220,9 @@ def document(issuer: str) -> dict[str, Any]:
                                        {"200": _json(_ref("Principal"), "The principal."),
                                         "401": _error("invalid_token."), **COMMON},
                                        security=BEARER)},
-        "/oauth/authorize": _page("Authorization endpoint (RFC 6749 §4.1, PKCE).", post=True),
-        "/authorize": _page("Authorization endpoint (alias).", post=True),
+        "/oauth/authorize": _page("Authorization endpoint (RFC 6749 §4.1, PKCE).", post=True,
+                                  json_errors=True),
+        "/authorize": _page("Authorization endpoint (alias).", post=True, json_errors=True),
         "/oauth/logout": _page("End the sign-in session.", post=True),
         "/oauth/register": {"post": _op(
             "Dynamic client registration (RFC 7591).",

@@ -15,7 +15,9 @@ in the key):
     gs   refresh only: the scope originally granted, the ceiling of a narrowed refresh
     rot  refresh only, set by rotate.lua: when it was rotated (epoch ms), for the grace period
 Code record: the token fields (k = "ac") and
-    ru   redirect_uri of the authorization request
+    ru   redirect_uri the code was sent to: the request's, or the client's only registered one
+    ro   1 when the authorization request omitted redirect_uri (so ru is the registered one):
+         redemption may then omit it too (RFC 6749 §4.1.3); absent when the request named it
     cc, ccm  PKCE code_challenge and its method ("S256" or "plain"), when sent
     used set by redeem.lua on the first redemption; a second one revokes the grant
 Reuse record (`tsv:{g:<grant>}:reuse`, finAPI token reuse):
@@ -63,9 +65,12 @@ def decode_token(raw: bytes | str | None, kind: str | None = None) -> TokenRecor
 
 
 def encode_code(client_id: str, username: str, scope: str, grant_id: str, redirect_uri: str,
-                challenge: str | None, method: str | None, issued_at: int, ttl_ms: int) -> bytes:
+                redirect_uri_sent: bool, challenge: str | None, method: str | None,
+                issued_at: int, ttl_ms: int) -> bytes:
     d: dict[str, Any] = {"k": "ac", "c": client_id, "u": username, "s": scope, "g": grant_id,
                          "ru": redirect_uri, "iat": issued_at, "exp": issued_at + ttl_ms}
+    if not redirect_uri_sent:
+        d["ro"] = 1
     if challenge is not None:
         d["cc"] = challenge
         d["ccm"] = method or "plain"

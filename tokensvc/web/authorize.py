@@ -24,17 +24,19 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from tokensvc.errors import InvalidGrant, OAuthError, Throttled, UserLocked, UserNotVerified
 from tokensvc.grants.authorization_code import issue_code
+from tokensvc.http.responses import error_body, json_response
 from tokensvc.models import User
 from tokensvc.services import Services
 from tokensvc.tokens import digest
 from tokensvc.userauth import authenticate
 from tokensvc.web import authrequest
 from tokensvc.web.authrequest import AuthRequest, ErrorPage, RedirectError
-from tokensvc.web.pages import Pages, static_file
+from tokensvc.web.pages import Pages, prefers_json, static_file
 
 SESSION_COOKIE = "tsv_session"
 VISITOR_COOKIE = "tsv_visitor"
 STYLESHEET = static_file("tokensvc.css")
+_FORM_EXPIRED = "The form has expired or did not come from this site. Go back and try again."
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,16 @@ class AuthorizeEndpoints:
     def error_page(self, message: str, status: int = 400) -> HTMLResponse:
         return self.page("error.html", status, title="This request cannot be completed",
                          message=message)
+
+    def refusal(self, request: Request, exc: ErrorPage) -> Response:
+        """An error that cannot go back to the client: RFC 6749 §5.2 JSON to a caller whose
+        Accept prefers application/json (Gofundo's API clients), the error page otherwise."""
+        if prefers_json(request.headers.get("accept")):
+            response = json_response(error_body(exc.error, exc.message), exc.status, no_store=True)
+        else:
+            response = self.error_page(exc.message, exc.status)
+        response.headers["Vary"] = "Accept"
+        return response
 
     def redirect(self, req: AuthRequest, params: dict[str, str], status: int) -> Response:
         """Back to the client (RFC 6749 §4.1.2), with RFC 9207's `iss` so mix-ups are caught."""
@@ -145,7 +157,7 @@ class AuthorizeEndpoints:
 
     async def approve(self, req: AuthRequest, username: str, status: int) -> Response:
         code = await issue_code(self.svc.tokens, req.client, username, req.scope,
-                                req.redirect_uri, req.challenge, req.method)
+                                req.redirect_uri, req.redirect_uri_sent, req.challenge, req.method)
         return self.redirect(req, {"code": code}, status)
 
     async def _user(self, session: Session, req: AuthRequest) -> User | None:
@@ -167,7 +179,7 @@ class AuthorizeEndpoints:
                 return await self._get(request)
             return await self._post(request)
         except ErrorPage as exc:
-            return self.error_page(exc.message, exc.status)
+            return self.refusal(request, exc)
 
     async def _get(self, request: Request) -> Response:
         parsed = await authrequest.parse(self.svc, authrequest.multi(request.query_params.multi_items()))
@@ -201,20 +213,18 @@ class AuthorizeEndpoints:
         try:
             if action == "login":
                 if not self.csrf_ok(request.cookies.get(VISITOR_COOKIE), csrf):
-                    return self.error_page("The form has expired or did not come from this site. "
-                                           "Go back and try again.", 403)
+                    raise ErrorPage(_FORM_EXPIRED, 403, "access_denied")
                 return await self._login(request, req, form.get("username"), form.get("password"))
             session = await self.session(request)
             if session is None or not self.csrf_ok(session.session_id, csrf):
-                return self.error_page("The form has expired or did not come from this site. "
-                                       "Go back and try again.", 403)
+                raise ErrorPage(_FORM_EXPIRED, 403, "access_denied")
             user = await self._user(session, req)
             if user is None:
                 return self.login_page(request, req)
             if action == "deny":
                 raise RedirectError("access_denied", "The user denied the request.")
             if action != "approve":
-                return self.error_page("Unknown action.")
+                raise ErrorPage("Unknown action.")
             ttl = self.settings.consent_ttl * 1000
             if ttl:
                 approved, at = await self.svc.store.get_consent(user.username, req.client.client_id)

@@ -28,12 +28,15 @@ _PROMPTS = ("none", "login", "consent")
 
 
 class ErrorPage(Exception):
-    """The request cannot be trusted to redirect (unknown client, unregistered redirect URI)."""
+    """The request cannot be trusted to redirect (unknown client, unregistered redirect URI).
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    Shown as a page, or as an RFC 6749 §5.2 body with `error` to a caller that asks for JSON."""
+
+    def __init__(self, message: str, status: int = 400, error: str = "invalid_request") -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.error = error
 
 
 class RedirectError(Exception):
@@ -51,6 +54,8 @@ class AuthRequest:
 
     client: Client
     redirect_uri: str
+    # Whether the request named redirect_uri; if it did, redeeming the code must name it too.
+    redirect_uri_sent: bool
     scope: str
     state: str | None
     challenge: str | None
@@ -88,7 +93,7 @@ async def read_form(request: Request, settings: Settings) -> dict[str, list[str]
         body = await read_body(request, settings.max_body_size, settings.request_timeout)
         return multi(parse_form(body))
     except OAuthError as exc:
-        raise ErrorPage(exc.description, exc.status_code) from None
+        raise ErrorPage(exc.description, exc.status_code, exc.error) from None
 
 
 async def parse(svc: Services,
@@ -99,17 +104,27 @@ async def parse(svc: Services,
     if len(client_ids) != 1 or not client_ids[0]:
         raise ErrorPage("The request names no client (client_id is missing or repeated).")
     client = await svc.clients.get(client_ids[0])
+    # An unknown client and an unregistered redirect URI are `invalid_client` in JSON, as RFC
+    # 6749 §5.2 names an unknown client and as Gofundo answers a wrong callback URL.
     if client is None:
-        raise ErrorPage("The application that sent you here is not registered.")
-    if len(uris) != 1 or not uris[0]:
+        raise ErrorPage("The application that sent you here is not registered.", error="invalid_client")
+    if not uris and len(client.redirect_uris) == 1:
+        # RFC 6749 §3.1.2.3: a client with a single registered URI may leave redirect_uri out;
+        # the code then goes there, and is redeemed without one (§4.1.3).
+        redirect_uri, sent = client.redirect_uris[0], False
+    elif len(uris) != 1:
         raise ErrorPage("The request names no redirect_uri, or names it more than once.")
     # RFC 9700 §4.1.3: exact string comparison, no prefixes, ports or patterns.
-    if uris[0] not in client.redirect_uris:
-        raise ErrorPage("The redirect_uri is not registered for this application.")
+    elif uris[0] not in client.redirect_uris:
+        raise ErrorPage("The redirect_uri is not registered for this application.",
+                        error="invalid_client")
+    else:
+        redirect_uri, sent = uris[0], True
     raw = {name: values[0] for name, values in params.items()
            if name in REQUEST_PARAMS and len(values) == 1}
     state = raw.get("state")
-    req = AuthRequest(client, uris[0], scopes.fmt(client.scopes), state, None, None, None, raw)
+    req = AuthRequest(client, redirect_uri, sent, scopes.fmt(client.scopes), state, None, None,
+                      None, raw)
     try:
         return _check(req, params, svc.settings.allow_plain_pkce)
     except RedirectError as exc:
@@ -141,5 +156,5 @@ def _check(req: AuthRequest, params: Mapping[str, list[str]], allow_plain_pkce: 
     prompt = req.raw.get("prompt")
     if prompt is not None and prompt not in _PROMPTS:
         raise RedirectError("invalid_request", "prompt must be none, login or consent.")
-    return AuthRequest(client, req.redirect_uri, scope, req.state, challenge, method, prompt,
-                       req.raw)
+    return AuthRequest(client, req.redirect_uri, req.redirect_uri_sent, scope, req.state,
+                       challenge, method, prompt, req.raw)

@@ -6,6 +6,7 @@ headers: no framing, no inline script or style, nothing cached, no referrer.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -76,3 +77,47 @@ def _datetime(epoch_seconds: int) -> str:
 
 def static_file(name: str) -> bytes:
     return (STATIC / name).read_bytes()
+
+
+# RFC 9110 §12.4.2: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
+_QVALUE = re.compile(r"0(\.\d{0,3})?|1(\.0{0,3})?")
+# How specifically a media range names each type (RFC 9110 §12.5.1: the most specific wins).
+_RANGES = {"application/json": {"application/json": 2, "application/*": 1, "*/*": 0},
+           "text/html": {"text/html": 2, "text/*": 1, "*/*": 0}}
+
+
+def prefers_json(accept: str | None) -> bool:
+    """Whether an Accept header (RFC 9110 §12.5.2) asks for JSON rather than a page.
+
+    Only when `application/json` itself is named with q > 0 and ranks above text/html, first by
+    q and then by how specifically each was named; a tie keeps the page. So a browser
+    (`text/html,...,*/*;q=0.8`) gets the page, and `application/json` or axios's
+    `application/json, text/plain, */*` get JSON."""
+    if not accept or "json" not in accept.lower():
+        return False
+    best: dict[str, tuple[float, int]] = {}
+    for item in accept.lower().split(","):
+        media, *params = item.split(";")
+        q = _qvalue(params)
+        if q is None:
+            continue  # a malformed range says nothing
+        for kind, ranges in _RANGES.items():
+            specificity = ranges.get(media.strip())
+            if specificity is None:
+                continue
+            old = best.get(kind)
+            if old is None or (specificity, q) > (old[1], old[0]):
+                best[kind] = (q, specificity)
+    json = best.get("application/json")
+    if json is None or json[1] != 2 or json[0] <= 0:
+        return False
+    return json > best.get("text/html", (0.0, 0))
+
+
+def _qvalue(params: list[str]) -> float | None:
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip() == "q":
+            value = value.strip()
+            return float(value) if _QVALUE.fullmatch(value) else None
+    return 1.0

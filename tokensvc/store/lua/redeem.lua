@@ -1,12 +1,15 @@
 -- redeem.lua: RFC 6749 §4.1.3 code redemption with RFC 7636 PKCE, single use.
--- Record fields (k, c, u, s, g, iat, exp, gs, rot, ru, cc, ccm, used): tokensvc/store/records.py.
+-- Record fields (k, c, u, s, g, iat, exp, gs, rot, ru, ro, cc, ccm, used): tokensvc/store/records.py.
 -- PKCE's rules and the S256 transform are tokensvc/pkce.py's; this script only compares.
 -- KEYS[1]=code key  KEYS[2]=grant index  KEYS[3]=new access key  KEYS[4]=new refresh key
 -- (all in the code's {g:...} slot)
--- ARGV[1]=client id  ARGV[2]=redirect_uri as sent  ARGV[3]=code_verifier ('' = none sent)
+-- ARGV[1]=client id  ARGV[2]=redirect_uri as sent ('' = none sent)
+-- ARGV[3]=code_verifier ('' = none sent)
 -- ARGV[4]=base64url(SHA-256(code_verifier))  ARGV[5]=access TTL ms  ARGV[6]=refresh TTL ms
 -- ARGV[7]='1' to issue a refresh token too
--- Returns {'OK', username, scope, now ms} or {'UNKNOWN'|'REPLAY'|'CLIENT'|'REDIRECT'|'PKCE'}.
+-- Returns {'OK', username, scope, now ms} or
+-- {'UNKNOWN'|'REPLAY'|'CLIENT'|'NO_REDIRECT'|'REDIRECT'|'PKCE'}; only REDIRECT and PKCE spend
+-- the code.
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {'UNKNOWN'} end
 local rec = cjson.decode(raw)
@@ -21,8 +24,12 @@ if rec.used then
   return {'REPLAY'}
 end
 if rec.c ~= ARGV[1] then return {'CLIENT'} end
+-- RFC 6749 §4.1.3: redirect_uri is required when the authorization request included it (no
+-- 'ro' mark); when it did not, a redirect_uri sent anyway must still be where the code went.
+if ARGV[2] == '' and not rec.ro then return {'NO_REDIRECT'} end
 local verifier = ARGV[3]
-local bad = rec.ru ~= ARGV[2]
+local wrong_uri = ARGV[2] ~= '' and rec.ru ~= ARGV[2]
+local bad = wrong_uri
 if not bad then
   if rec.cc then
     if rec.ccm == 'S256' then bad = ARGV[4] ~= rec.cc else bad = verifier ~= rec.cc end
@@ -35,7 +42,7 @@ if bad then
   -- A code presented with the wrong redirect URI or verifier is spent: whoever holds it
   -- without the verifier must not get to try again.
   redis.call('DEL', KEYS[1])
-  if rec.ru ~= ARGV[2] then return {'REDIRECT'} end
+  if wrong_uri then return {'REDIRECT'} end
   return {'PKCE'}
 end
 local t = redis.call('TIME')
