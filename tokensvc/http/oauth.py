@@ -35,8 +35,9 @@ _HINTS = (None, "access_token", "refresh_token")
 # (client_assertion, a password, a refresh token, ...) and would cost a parse per request; this
 # costs one look at the raw bytes, nothing when they are empty. Refused before the body is read,
 # so nothing is authenticated, counted or spent.
-_TOKEN_QUERY = ("The token endpoint takes no parameters in its URL: send grant_type, the client "
-                "credentials and every other parameter in the request body (RFC 6749 §2.3.1, §3.2).")
+_TOKEN_QUERY = (  # noqa: S105 -- an error message, not a secret
+    "The token endpoint takes no parameters in its URL: send grant_type, the client "
+    "credentials and every other parameter in the request body (RFC 6749 §2.3.1, §3.2).")
 # RFC 7662 §2.1: the introspection request's parameters are sent in the body, too.
 _INTROSPECT_QUERY = ("The introspection endpoint takes no parameters in its URL: send token, "
                      "token_type_hint and the client credentials in the request body "
