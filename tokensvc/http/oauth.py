@@ -35,7 +35,7 @@ _HINTS = (None, "access_token", "refresh_token")
 # (client_assertion, a password, a refresh token, ...) and would cost a parse per request; this
 # costs one look at the raw bytes, nothing when they are empty. Refused before the body is read,
 # so nothing is authenticated, counted or spent.
-_TOKEN_QUERY = (  # noqa: S105 -- an error message, not a secret
+_NO_URL_PARAMETERS = (
     "The token endpoint takes no parameters in its URL: send grant_type, the client "
     "credentials and every other parameter in the request body (RFC 6749 §2.3.1, §3.2).")
 # RFC 7662 §2.1: the introspection request's parameters are sent in the body, too.
@@ -67,7 +67,7 @@ class OAuthEndpoints:
     async def _token(self, request: Request) -> Response:
         svc = self.svc
         if request.scope["query_string"]:
-            raise InvalidRequest(_TOKEN_QUERY)
+            raise InvalidRequest(_NO_URL_PARAMETERS)
         params = await read_params(request, self.limit, self.timeout)
         grant_type = params.get("grant_type")
         if grant_type is None:
