@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from tokensvc.errors import InvalidRequest
+from tokensvc.http.forwarded import client_address
 from tokensvc.http.params import FORM, media_type, read_document
 from tokensvc.services import Services
 from tokensvc.tokens import digest
@@ -106,7 +107,7 @@ class ConsoleAuth:
 
     def audit(self, request: Request, session: AdminSession, action: str, **what: str) -> None:
         """One line per change: who (the session), what, which client; never a secret."""
-        addr = request.client.host if request.client else "-"
+        addr = client_address(request)
         details = " ".join(f"{k}={v}" for k, v in what.items())
         audit.info("console action=%s %s session=%s addr=%s", action, details, session.tag, addr)
 
@@ -145,14 +146,12 @@ class ConsoleAuth:
         form = await self.form(request)
         # Before the key is looked at: a forged form learns nothing and opens nothing.
         if not self.pages.visitor_csrf_ok(request, form.get("csrf")):
-            audit.warning("console action=sign-in-refused reason=csrf addr=%s",
-                          request.client.host if request.client else "-")
+            audit.warning("console action=sign-in-refused reason=csrf addr=%s", client_address(request))
             return self.sign_in_page(request, 403, error="The form has expired or did not come from "
                                      "this console. Sign in again.")
         key = form.get("admin_key", "").encode("utf-8")
         if not hmac.compare_digest(key, self._key):
-            audit.warning("console action=sign-in-failed addr=%s",
-                          request.client.host if request.client else "-")
+            audit.warning("console action=sign-in-failed addr=%s", client_address(request))
             return self.sign_in_page(request, 401, error="That is not the admin key.")
         sid = secrets.token_urlsafe(32)
         await self.svc.store.put_admin_session(digest(sid), orjson.dumps({"iat": int(time.time())}),
