@@ -393,7 +393,7 @@ async def test_create_and_read_user(http: httpx.AsyncClient, redis_db: redis.Red
                            json={"username": "alice", "password": "correct horse", "verified": True})
     created = assert_json(resp, 201)
     assert created == {"username": "alice", "verified": True, "created_at": created["created_at"],
-                       "failed_logins": 0}
+                       "failed_logins": 0, "locked": False}
     assert before <= created["created_at"] <= int(time.time())
     got = assert_json(await http.get("/admin/users/alice", headers=ADMIN), 200)
     assert got == created
@@ -438,7 +438,7 @@ async def test_patch_user_verified_and_password(http: httpx.AsyncClient) -> None
     resp = await http.patch("/admin/users/alice", headers=ADMIN, json={"verified": True})
     view = assert_json(resp, 200)
     assert view == {"username": "alice", "verified": True, "created_at": view["created_at"],
-                    "failed_logins": 0}
+                    "failed_logins": 0, "locked": False}
     assert (await password_token(http, client)).status_code == 200
 
     resp = await http.patch("/admin/users/alice", headers=ADMIN, json={"password": "new passphrase"})
@@ -475,13 +475,14 @@ async def test_unlock_user(http: httpx.AsyncClient, redis_db: redis.Redis) -> No
     assert_error(await password_token(http, client), 423, "user_locked",
                  "The user is locked after too many failed logins.")
     got = assert_json(await http.get("/admin/users/alice", headers=ADMIN), 200)
-    assert got["failed_logins"] == 3
+    assert got["failed_logins"] == 3 and got["locked"] is True
     assert redis_db.get(keys.user_failures("alice")) == b"3"
 
     resp = await http.post("/admin/users/alice/unlock", headers=ADMIN)
     assert resp.status_code == 204 and resp.content == b""
-    assert redis_db.exists(keys.user_failures("alice")) == 0
-    assert assert_json(await http.get("/admin/users/alice", headers=ADMIN), 200)["failed_logins"] == 0
+    assert redis_db.exists(keys.user_failures("alice"), keys.user_lock("alice")) == 0
+    got = assert_json(await http.get("/admin/users/alice", headers=ADMIN), 200)
+    assert got["failed_logins"] == 0 and got["locked"] is False
     assert (await password_token(http, client)).status_code == 200
 
 

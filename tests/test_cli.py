@@ -199,7 +199,7 @@ def test_user_create_reads_the_password_from_stdin(service: CliService) -> None:
     made = json_out(service.cli("user", "create", "--username", "carol", "--password-stdin",
                                 "--verified", input="correct horse battery\n"))
     assert made == {"username": "carol", "verified": True, "created_at": made["created_at"],
-                    "failed_logins": 0}
+                    "failed_logins": 0, "locked": False}
     client = json_out(service.cli("client", "create", "--name", "app"))
     # The trailing newline was the echo's: the password is exactly what came before it.
     resp = httpx.post(f"{service.url}/oauth/token", data={

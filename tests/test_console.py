@@ -25,7 +25,16 @@ import redis
 from tests.support.api import cc_token, new_client, new_user
 from tests.support.apps import AppFactory
 from tests.support.config import ADMIN_KEY, make_settings
-from tests.support.console import COOKIE, LOGIN, Console, sign_in, table_ids
+from tests.support.console import (
+    COOKIE,
+    LOGIN,
+    Console,
+    hidden,
+    post_sign_in,
+    sign_in,
+    sign_in_csrf,
+    table_ids,
+)
 from tests.support.redis_servers import RedisServer
 from tests.support.stored import data_keys
 from tokensvc.app import create_app
@@ -122,21 +131,22 @@ async def test_unauthenticated_pages_redirect_to_the_sign_in(http: httpx.AsyncCl
 async def test_a_wrong_key_gets_a_401_page_and_no_cookie(http: httpx.AsyncClient, redis_db: redis.Redis,
                                                          key: str) -> None:
     before = snapshot(redis_db)
-    resp = await http.post(LOGIN, data={"admin_key": key})
+    resp = await post_sign_in(http, key)
     assert resp.status_code == 401
     assert "That is not the admin key." in resp.text
-    assert "set-cookie" not in resp.headers and not http.cookies
+    assert "set-cookie" not in resp.headers and COOKIE not in http.cookies
     assert_console_headers(resp)
     if key:
         assert f'value="{key}"' not in resp.text  # what was typed is not sent back
     assert snapshot(redis_db) == before
     # The key in the URL instead of the form is no key at all.
-    in_url = await http.post(f"{LOGIN}?{urlencode({'admin_key': ADMIN_KEY})}")
+    in_url = await http.post(f"{LOGIN}?{urlencode({'admin_key': ADMIN_KEY})}",
+                             data={"csrf": await sign_in_csrf(http)})
     assert in_url.status_code == 401 and "set-cookie" not in in_url.headers
 
 
 async def test_the_session_cookie(http: httpx.AsyncClient, redis_db: redis.Redis) -> None:
-    resp = await http.post(LOGIN, data={"admin_key": ADMIN_KEY})
+    resp = await post_sign_in(http)
     assert resp.status_code == 303 and resp.headers["location"] == "/admin"
     [header] = resp.headers.get_list("set-cookie")
     name_value, *attributes = [part.strip() for part in header.split(";")]
@@ -154,10 +164,67 @@ async def test_the_session_cookie(http: httpx.AsyncClient, redis_db: redis.Redis
 
 async def test_the_session_cookie_is_secure_behind_https(app_factory: AppFactory) -> None:
     async with app_factory(issuer="https://tokens.example") as http:
-        resp = await http.post(LOGIN, data={"admin_key": ADMIN_KEY})
+        page = await http.get(LOGIN)
+        visitor, *flags = [part.strip() for part in page.headers["set-cookie"].split(";")]
+        assert visitor.startswith("tsv_visitor=") and "Secure" in flags
+        # A Secure cookie: httpx keeps it from this http:// test client, so it is sent by hand.
+        resp = await http.post(LOGIN, data={"csrf": hidden(page.text, "csrf"), "admin_key": ADMIN_KEY},
+                               headers={"Cookie": visitor})
         assert resp.status_code == 303
         attributes = [a.strip().lower() for a in resp.headers["set-cookie"].split(";")[1:]]
         assert sorted(attributes) == ["httponly", "path=/admin", "samesite=strict", "secure"]
+
+
+SIGN_IN_FORGED = "The form has expired or did not come from this console. Sign in again."
+
+
+async def test_a_cross_site_sign_in_is_refused(http: httpx.AsyncClient, redis_db: redis.Redis,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Login CSRF (RFC 9700 §4.4.1.8): a page elsewhere posts the admin key to the sign-in form
+    from the victim's browser. Without the form's token, bound to this browser's visitor
+    cookie, it opens no session: the form again, 403, nothing stored, no session cookie."""
+    caplog.set_level(logging.INFO, logger=AUDIT)
+    before = snapshot(redis_db)
+    cross_site = {"Origin": "https://evil.example", "Referer": "https://evil.example/"}
+    # The plainest forgery: the admin key, no token.
+    plain = await http.post(LOGIN, data={"admin_key": ADMIN_KEY}, headers=cross_site)
+    assert plain.status_code == 403 and COOKIE not in plain.headers.get("set-cookie", "")
+    assert SIGN_IN_FORGED in plain.text
+    mine = await sign_in_csrf(http)  # a token of this browser, to be misused below
+    visitor = http.cookies["tsv_visitor"]
+    http.cookies.clear()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=http.app),  # type: ignore[attr-defined]
+                                 base_url=str(http.base_url)) as attacker:
+        theirs = await sign_in_csrf(attacker)  # the attacker's own pair: their cookie, not ours
+    forged = [
+        ({}, {"admin_key": ADMIN_KEY}),                                  # no token, no cookie
+        ({"tsv_visitor": visitor}, {"admin_key": ADMIN_KEY}),            # the cookie, no token
+        ({"tsv_visitor": visitor}, {"admin_key": ADMIN_KEY, "csrf": ""}),
+        ({"tsv_visitor": visitor}, {"admin_key": ADMIN_KEY, "csrf": theirs}),
+        ({}, {"admin_key": ADMIN_KEY, "csrf": mine}),                    # a token without its cookie
+        ({"tsv_visitor": visitor}, {"admin_key": ADMIN_KEY, "csrf": mine + "x"}),
+    ]
+    for cookies, form in forged:
+        jar = "; ".join(f"{k}={v}" for k, v in cookies.items())
+        http.cookies.clear()  # only what this case sends
+        resp = await http.post(LOGIN, data=form, headers={**cross_site, **({"Cookie": jar} if jar else {})})
+        assert resp.status_code == 403, (cookies, form)
+        assert SIGN_IN_FORGED in resp.text and 'name="admin_key"' in resp.text  # the form again
+        assert_console_headers(resp)
+        assert COOKIE not in resp.headers.get("set-cookie", "")
+        # The form is shown again with a token of its own (and a visitor cookie when none came).
+        assert re.search(r'name="csrf" value="[^"]{43}"', resp.text)
+        assert ("tsv_visitor=" in resp.headers.get("set-cookie", "")) == (not cookies)
+    assert snapshot(redis_db) == before
+    assert not [k for k in redis_db.scan_iter(match="tsv:{a:*")]
+    lines = audit_lines(caplog)
+    assert lines == ["console action=sign-in-refused reason=csrf addr=127.0.0.1"] * (len(forged) + 1)
+    # The same browser, with its cookie and its form's token, signs in.
+    http.cookies.clear()
+    resp = await http.post(LOGIN, data={"admin_key": ADMIN_KEY, "csrf": mine},
+                           headers={"Cookie": f"tsv_visitor={visitor}"})
+    assert resp.status_code == 303 and resp.headers["location"] == "/admin"
+    assert resp.cookies[COOKIE]
 
 
 async def test_sign_out_ends_the_session(http: httpx.AsyncClient, redis_db: redis.Redis) -> None:
@@ -292,7 +359,8 @@ async def test_revocation_needs_the_confirmation(scene: Scene) -> None:
 async def test_security_headers_on_every_console_page(http: httpx.AsyncClient) -> None:
     client = await new_client(http, name="Headers")
     await new_user(http, "alice")
-    anonymous = [await http.get(LOGIN), await http.post(LOGIN, data={"admin_key": "wrong"})]
+    anonymous = [await http.get(LOGIN), await post_sign_in(http, "wrong"),
+                 await http.post(LOGIN, data={"admin_key": ADMIN_KEY})]
     console = await sign_in(http)
     pages = [
         *anonymous,
@@ -311,8 +379,8 @@ async def test_security_headers_on_every_console_page(http: httpx.AsyncClient) -
         await console.act(clients_page(client["client_id"]), action="rename", name=""),
         await console.post(CREATE, {"csrf": "forged"}),
     ]
-    assert [p.status_code for p in pages] == [200, 401, 200, 200, 200, 200, 404, 200, 200, 200, 200, 200,
-                                              400, 403]
+    assert [p.status_code for p in pages] == [200, 401, 403, 200, 200, 200, 200, 404, 200, 200, 200, 200,
+                                              200, 400, 403]
     for page in pages:
         assert_console_headers(page)
         csp = page.headers["content-security-policy"]
@@ -361,7 +429,7 @@ async def test_every_action_writes_one_audit_line(http: httpx.AsyncClient,
             assert secret not in line
         return line
 
-    refused = await http.post(LOGIN, data={"admin_key": "a wrong key"})
+    refused = await post_sign_in(http, "a wrong key")
     assert refused.status_code == 401
     [failed] = [r for r in caplog.records if r.name == AUDIT]
     assert failed.levelno == logging.WARNING and "a wrong key" not in failed.getMessage()
@@ -492,7 +560,7 @@ async def test_the_admin_key_is_in_no_url_page_or_store(http: httpx.AsyncClient,
     http.event_hooks["response"] = [keep]
     await http.get("/admin")
     await http.get(LOGIN)
-    await http.post(LOGIN, data={"admin_key": ADMIN_KEY[::-1]})
+    await post_sign_in(http, ADMIN_KEY[::-1])
     console = await sign_in(http)
     await console.get(NEW)
     created = await console.act(CREATE, name="Key check", grant_types="client_credentials",

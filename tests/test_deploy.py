@@ -403,7 +403,7 @@ def test_compose_wiring() -> None:
     nginx_ip = nginx["networks"]["backend"]["ipv4_address"]
     for name in TOKENSVC_SERVICES:
         env = compose_env(name)
-        assert env["FORWARDED_ALLOW_IPS"] == nginx_ip
+        assert env["TOKENSVC_TRUSTED_PROXIES"] == nginx_ip
         assert env["TOKENSVC_REDIS_URL"].startswith("redis://redis:6379")
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
         assert services[name]["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}

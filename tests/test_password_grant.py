@@ -139,7 +139,8 @@ async def test_unlocking_an_unknown_user_is_404(http: httpx.AsyncClient) -> None
 
 
 async def test_lockout_counts_across_clients(http: httpx.AsyncClient, redis_db: redis.Redis) -> None:
-    """The counter is the user's: failures through one client count at another."""
+    """The counter is the user's: failures through one client count at another, and the lock
+    they cause holds at every client (tests/test_lockout_across_clients.py has the rest)."""
     await new_user(http)
     strict = await new_client(http, name="strict", max_user_login_attempts=3)
     lenient = await new_client(http, name="lenient", max_user_login_attempts=10)
@@ -147,9 +148,9 @@ async def test_lockout_counts_across_clients(http: httpx.AsyncClient, redis_db: 
         assert_error(await login(http, lenient, "wrong horse"), 400, "invalid_grant", WRONG)
     assert_error(await login(http, strict, "wrong horse"), 423, "user_locked", LOCKED)
     assert_error(await login(http, strict, "correct horse"), 423, "user_locked", LOCKED)
-    # The lenient client's own limit is not reached yet.
-    assert_issued(await login(http, lenient, "correct horse"))
-    assert failures(redis_db) is None
+    # The lenient client's own limit is not reached, but the user is locked.
+    assert_error(await login(http, lenient, "correct horse"), 423, "user_locked", LOCKED)
+    assert failures(redis_db) == 3
 
 
 async def test_success_resets_the_counter(app_factory: AppFactory, redis_db: redis.Redis) -> None:
@@ -182,9 +183,13 @@ async def test_lockout_period_makes_the_counter_expire(app_factory: AppFactory, 
         redis_db.pexpire(key, 500)
         assert_error(await login(http, client, "correct horse"), 423, "user_locked", LOCKED)
         assert 0 < redis_db.pttl(key) <= 500
-        # Let the period pass (expire the counter now, rather than sleeping through it).
+        # Let the period pass (expire the counter and the lock now, rather than sleeping
+        # through it).
+        lock = keys.user_lock("alice")
+        assert 0 < redis_db.pttl(lock) <= period * 1000
         assert redis_db.pexpireat(key, int(time.time() * 1000) - 1)
-        assert redis_db.exists(key) == 0
+        assert redis_db.pexpireat(lock, int(time.time() * 1000) - 1)
+        assert redis_db.exists(key, lock) == 0
         assert_issued(await login(http, client, "correct horse"))
 
 

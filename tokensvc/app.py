@@ -23,12 +23,13 @@ from tokensvc.grants import GRANT_TYPES
 from tokensvc.http import openapi
 from tokensvc.http.admin import AdminEndpoints
 from tokensvc.http.discovery import DiscoveryEndpoints
+from tokensvc.http.forwarded import ForwardedClients, TrustedProxies
 from tokensvc.http.hotpath import HotPaths, HotRoute, response_for
 from tokensvc.http.httpprotocol import HeaderDeadlineProtocol
 from tokensvc.http.oauth import OAuthEndpoints
 from tokensvc.http.principal import PrincipalEndpoints
 from tokensvc.http.registration import RegistrationEndpoints
-from tokensvc.metrics import Receive, Scope, Send
+from tokensvc.metrics import ASGIApp, Receive, Scope, Send
 from tokensvc.services import Services
 from tokensvc.settings import Settings
 from tokensvc.web.authorize import AuthorizeEndpoints
@@ -151,14 +152,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
                             HTTPException: on_error, Exception: on_error},
     )
     app.state.services = svc
-    app.hot = HotPaths(functools.partial(Starlette.__call__, app), routes, settings.retry_after)
+    app.front = HotPaths(functools.partial(Starlette.__call__, app), routes, settings.retry_after)
+    if settings.trusted_proxies:  # else nothing to do: the scope's client is the peer
+        app.front = ForwardedClients(app.front, TrustedProxies(settings.trusted_proxies))
     return app
 
 
 class App(Starlette):
-    """The Starlette app, entered through the hot paths (hotpath.py) first."""
+    """The Starlette app, entered through the forwarded-client rule (forwarded.py, when proxies
+    are trusted) and the hot paths (hotpath.py) first."""
 
-    hot: HotPaths
+    front: ASGIApp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.hot(scope, receive, send)
+        await self.front(scope, receive, send)

@@ -46,6 +46,15 @@ class User:
 
 
 @dataclass(frozen=True, slots=True)
+class Lockout:
+    """A user's lockout state: consecutive failed logins through any client, and whether the
+    user is locked (through whichever client's limit was reached; every client refuses them)."""
+
+    failures: int = 0
+    locked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class TokenRecord:
     """What Redis keeps for a token (never the token itself); times are epoch milliseconds."""
 

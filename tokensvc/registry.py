@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from tokensvc.errors import Conflict, InvalidRequest, NotFound
 from tokensvc.grants import GRANT_TYPES
 from tokensvc.hashing import Hasher
-from tokensvc.models import AUTH_METHODS, Client, User
+from tokensvc.models import AUTH_METHODS, Client, Lockout, User
 from tokensvc.scopes import is_scope_token
 from tokensvc.settings import MAX_TTL
 from tokensvc.storage import RegistryStorage
@@ -257,11 +257,11 @@ class Registry:
             raise Conflict("A user with that username already exists.")
         return user
 
-    async def user(self, username: str) -> tuple[User, int]:
-        user, failures = await self.store.get_user(username)
+    async def user(self, username: str) -> tuple[User, Lockout]:
+        user, lockout = await self.store.get_user(username)
         if user is None:
             raise NotFound("No such user.")
-        return user, failures
+        return user, lockout
 
     async def update_user(self, username: str, doc: Mapping[str, Any]) -> User:
         _known_fields(doc, ("verified", "password"), "change")
@@ -280,13 +280,16 @@ class Registry:
 
     async def unlock_user(self, username: str) -> None:
         await self.user(username)
-        await self.store.reset_failures(username)
+        await self.store.end_lockout(username)
 
     async def delete_user(self, username: str) -> None:
         if not await self.store.delete_user(username):
             raise NotFound("No such user.")
 
 
-def user_view(user: User, failures: int = 0) -> dict[str, Any]:
+def user_view(user: User, lockout: Lockout | None = None) -> dict[str, Any]:
+    """The user as the admin API and CLI show it: `locked` is the lock every client honours
+    (whichever client's limit set it), `failed_logins` the failures through all clients."""
+    lockout = lockout or Lockout()
     return {"username": user.username, "verified": user.verified, "created_at": user.created_at,
-            "failed_logins": failures}
+            "failed_logins": lockout.failures, "locked": lockout.locked}

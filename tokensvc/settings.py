@@ -8,6 +8,7 @@ start with a message that names it, rather than surfacing as odd behaviour under
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 from collections.abc import Callable, Mapping
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 
 ENV_PREFIX = "TOKENSVC_"
 _T = TypeVar("_T")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class SettingsError(ValueError):
@@ -53,6 +55,19 @@ def _int(raw: str) -> int:
 
 def _keys(raw: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+def _networks(raw: str) -> tuple[Network, ...]:
+    """`192.0.2.7, 10.0.0.0/8, ::1`: addresses (each its own /32 or /128) or CIDR networks."""
+    found: list[Network] = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            found.append(ipaddress.ip_network(item))
+        except ValueError as exc:
+            raise ValueError(f"expected IP addresses or CIDR networks separated by commas: {exc}") from None
+    return tuple(found)
 
 
 def _str(raw: str) -> str:
@@ -152,6 +167,7 @@ class Settings:
     scope_descriptions: tuple[tuple[str, str], ...] = DEFAULT_SCOPE_DESCRIPTIONS
     open_registration: bool = False
     registration_rate_limit: int = 10
+    trusted_proxies: tuple[Network, ...] = ()
     reuse_tokens: bool = False
     refresh_grace: int = 0
     max_user_login_attempts: int = 5
@@ -192,7 +208,7 @@ class Settings:
             elif opt.name == "scope_descriptions":
                 text = ";".join(f"{name}={words}" for name, words in value)
             elif isinstance(value, tuple):
-                text = ",".join(value)
+                text = ",".join(str(v) for v in value)
             else:
                 text = str(value)
             env[ENV_PREFIX + opt.name.upper()] = text
@@ -252,6 +268,9 @@ OPTIONS: tuple[Option, ...] = (
            _bool),
     Option("registration_rate_limit", "Open registrations per remote address per hour.", _int,
            _at_least(1)),
+    Option("trusted_proxies", "Comma-separated addresses or CIDR networks of the reverse proxies "
+           "whose X-Forwarded-For / Forwarded (RFC 7239) name the client; from any other peer "
+           "they are ignored, and rate limits and audit lines use the peer's address.", _networks),
     Option("reuse_tokens", "Return the still-valid token for identical requests (finAPI).", _bool),
     Option("refresh_grace", "Seconds a just-rotated refresh token still works.", _int,
            _between(0, 3600)),

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from tokensvc.models import Client, User
+from tokensvc.models import Client, Lockout, User
 
 # (key, record, TTL ms) of each token a write creates.
 TokenWrite = tuple[str, bytes, int]
@@ -52,12 +52,13 @@ class TokenStorage(Protocol):
 
 
 class LoginStorage(Protocol):
-    """A user's password check with its lockout (store/users.py)."""
+    """A user's password check with its lockout (store/users.py). `limit` is the client in
+    use's; the lock it sets holds for every client."""
 
     async def login_attempt(self, username: str, limit: int,
                             hold_ms: int) -> tuple[User | None, int]: ...
 
-    async def login_result(self, username: str, ok: bool, lockout_ms: int) -> int: ...
+    async def login_result(self, username: str, ok: bool, lockout_ms: int, limit: int) -> int: ...
 
 
 class GrantStorage(TokenStorage, LoginStorage, Protocol):
@@ -92,11 +93,11 @@ class RegistryStorage(Protocol):
 
     async def list_clients(self, offset: int, limit: int) -> tuple[list[Client], int]: ...
 
-    async def get_user(self, username: str) -> tuple[User | None, int]: ...
+    async def get_user(self, username: str) -> tuple[User | None, Lockout]: ...
 
     async def put_user(self, user: User, *, new: bool) -> bool: ...
 
-    async def reset_failures(self, username: str) -> None: ...
+    async def end_lockout(self, username: str) -> None: ...
 
     async def delete_user(self, username: str) -> bool: ...
 

@@ -23,6 +23,7 @@ from tokensvc.store import keys
 
 LOGIN = "/admin/console/login"
 COOKIE = "tsv_admin"
+VISITOR = "tsv_visitor"
 # The live server folds usage counters into Redis every 5 s, and the page polls every 5 s.
 FLUSH_WAIT_S = 8.0
 PANEL_WAIT_MS = 12_000
@@ -135,12 +136,14 @@ async def test_sign_in_with_the_admin_key_and_sign_out(live_server: Service, pag
         await page.get_by_role("button", name="Sign in").click()
     assert (await refused.value).status == 401
     await expect(page.get_by_role("alert")).to_have_text("That is not the admin key.")
-    assert await context.cookies() == []
+    # Only the visitor cookie the sign-in form's CSRF token is bound to: no session.
+    [visitor] = await context.cookies()
+    assert visitor["name"] == VISITOR and visitor["httpOnly"] is True and visitor["expires"] == -1
     assert await page.get_by_label("Admin key").input_value() == ""  # not echoed back
 
     await sign_in(page, live_server)
     assert ADMIN_KEY not in page.url and ADMIN_KEY not in await page.content()
-    [cookie] = await context.cookies()
+    [cookie] = [c for c in await context.cookies() if c["name"] != VISITOR]
     assert cookie["name"] == COOKIE and cookie["path"] == "/admin"
     assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
     assert cookie["expires"] == -1  # a session cookie: closing the browser ends it
@@ -149,13 +152,36 @@ async def test_sign_in_with_the_admin_key_and_sign_out(live_server: Service, pag
     await page.get_by_role("button", name="Sign out").click()
     await page.wait_for_url(f"{live_server.url}{LOGIN}?done=signed-out")
     await expect(page.get_by_role("status")).to_have_text("You are signed out.")
-    assert await context.cookies() == []
+    assert [c["name"] for c in await context.cookies()] == [VISITOR]
     await page.goto(f"{live_server.url}/admin")
     assert path_of(page) == LOGIN
     output = await logged(live_server, "console action=sign-in-failed", "console action=sign-in ",
                           "console action=sign-out ")
     assert "not-the-admin-key" not in output and ADMIN_KEY not in output
     assert cookie["value"] not in output
+
+
+async def test_a_cross_site_sign_in_form_opens_no_session(live_server: Service, page: Page,
+                                                          context: BrowserContext) -> None:
+    """Login CSRF: this browser has seen the sign-in form (it holds the visitor cookie), then
+    a page elsewhere submits the admin key to the console. Without the form's token the
+    console refuses it, shows its own form again, and no session cookie is set."""
+    await page.goto(f"{live_server.url}{LOGIN}")
+    await page.goto("about:blank")  # another origin than the console's
+    await page.set_content(
+        f'<form method="post" action="{live_server.url}{LOGIN}">'
+        f'<input type="hidden" name="admin_key" value="{ADMIN_KEY}"><button>Win a prize</button></form>')
+    async with page.expect_response(f"{live_server.url}{LOGIN}") as answered:
+        await page.get_by_role("button", name="Win a prize").click()
+    assert (await answered.value).status == 403
+    await expect(page.get_by_role("alert")).to_have_text(
+        "The form has expired or did not come from this console. Sign in again.")
+    assert COOKIE not in [c["name"] for c in await context.cookies()]
+    # The form shown again is the genuine one: signing in from it works.
+    await page.get_by_label("Admin key").press_sequentially(ADMIN_KEY)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(f"{live_server.url}/admin")
+    assert COOKIE in [c["name"] for c in await context.cookies()]
 
 
 # -- a client's life -----------------------------------------------------------------------

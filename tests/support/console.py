@@ -63,8 +63,21 @@ class Console:
         return hidden((await self.get(url)).text, "once")
 
 
+async def sign_in_csrf(http: httpx.AsyncClient) -> str:
+    """The sign-in form's CSRF token, from the page as a browser gets it (the visitor cookie it
+    is bound to stays in `http`'s jar)."""
+    page = await http.get(LOGIN)
+    assert page.status_code == 200, page.text
+    return hidden(page.text, "csrf")
+
+
+async def post_sign_in(http: httpx.AsyncClient, key: str = ADMIN_KEY) -> httpx.Response:
+    """The sign-in form sent as the console's page sends it: its CSRF token, then `key`."""
+    return await http.post(LOGIN, data={"csrf": await sign_in_csrf(http), "admin_key": key})
+
+
 async def sign_in(http: httpx.AsyncClient) -> Console:
-    resp = await http.post(LOGIN, data={"admin_key": ADMIN_KEY})
+    resp = await post_sign_in(http)
     assert resp.status_code == 303 and resp.headers["location"] == "/admin"
     cookie = resp.cookies[COOKIE]
     http.cookies.clear()  # sent by hand from now on

@@ -218,8 +218,8 @@ def user_show(username: str, **flags: Any) -> None:
     """Print a user as JSON, with their count of consecutive failed logins."""
 
     async def show(registry: Registry) -> dict[str, Any]:
-        found, failures = await registry.user(username)
-        return user_view(found, failures)
+        found, lockout = await registry.user(username)
+        return user_view(found, lockout)
 
     _print_json(_run_admin(flags, show))
 

@@ -121,6 +121,10 @@ def serve(**flags: Any) -> None:
             timeout_keep_alive=cfg.keep_alive_timeout,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
             ssl_certfile=cfg.ssl_certfile, ssl_keyfile=cfg.ssl_keyfile,
+            # Off: uvicorn would believe X-Forwarded-For from 127.0.0.1 (or FORWARDED_ALLOW_IPS)
+            # whatever trusted_proxies says. The app applies that setting itself, to
+            # X-Forwarded-For and Forwarded alike (http/forwarded.py says why).
+            proxy_headers=False,
         )
         # No limit_concurrency: uvicorn would answer excess requests with a plain-text 503, not
         # the contract's JSON error; the Redis pool size already bounds the work in flight.

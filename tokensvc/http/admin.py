@@ -95,8 +95,8 @@ class AdminEndpoints:
             await self.registry.delete_user(username)
             audit.info("admin deleted a user")
             return Response(status_code=204)
-        user, failures = await self.registry.user(username)
-        return json_response(user_view(user, failures))
+        user, lockout = await self.registry.user(username)
+        return json_response(user_view(user, lockout))
 
     async def unlock(self, request: Request) -> Response:
         self._guard(request)

@@ -140,7 +140,9 @@ SCHEMAS: dict[str, Schema] = {
     "User": {
         "type": "object", "required": ["username", "verified"],
         "properties": {"username": {"type": "string"}, "verified": {"type": "boolean"},
-                       "created_at": {"type": "integer"}, "failed_logins": {"type": "integer"}},
+                       "created_at": {"type": "integer"}, "failed_logins": {"type": "integer"},
+                       "locked": {"type": "boolean",
+                                  "description": "Refused by every client until unlocked."}},
     },
     "UserInput": {"type": "object", "additionalProperties": True},
     "Metadata": {"type": "object", "required": ["issuer", "token_endpoint"],

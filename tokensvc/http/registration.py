@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from tokensvc.errors import InvalidRequest, OAuthError, Throttled, UnsupportedMediaType
 from tokensvc.http.bearer import bearer_token
+from tokensvc.http.forwarded import client_address
 from tokensvc.http.params import JSON, media_type, read_document
 from tokensvc.http.responses import json_response
 from tokensvc.models import Client
@@ -98,9 +99,9 @@ class RegistrationEndpoints:
         if bearer_token(request) is not None or not self.settings.open_registration:
             self._admin_guard(request)
             return "admin key"
-        # Behind a reverse proxy this is the proxy unless the server trusts its forwarded headers
-        # (uvicorn --forwarded-allow-ips); a missing address shares one bucket.
-        address = request.client.host if request.client is not None else ""
+        # The peer, or behind a proxy listed in trusted_proxies the client it names; a forwarded
+        # header from anyone else changes nothing (forwarded.py).
+        address = client_address(request)
         count, left = await self.svc.store.count_registration(address, WINDOW)
         if count > self.settings.registration_rate_limit:
             raise Throttled("Too many client registrations from this address; retry later.",

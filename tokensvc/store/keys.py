@@ -3,7 +3,7 @@
 - `{g:<grant id>}`: a grant's tokens, its index, its reuse record and its codes.
 - `{c:<client id>}`: a client record, its usage buckets and its failed-authentication counter.
 - `{s:<session digest>}`: a login session of the authorization pages.
-- `{u:<user hash>}`: a user record, its failure counter, its password checks in
+- `{u:<user hash>}`: a user record, its failure counter, its lock, its password checks in
   flight, the ids of its grants and its remembered consents. The tag is a digest of the
   username, so no username (which may hold `{` or `}`) can move or split the slot.
 """
@@ -50,6 +50,12 @@ def user(username: str) -> str:
 
 def user_failures(username: str) -> str:
     return f"tsv:{{u:{_user_tag(username)}}}:fails"
+
+
+def user_lock(username: str) -> str:
+    """Present while the user is locked, through whichever client: every client refuses them
+    until an admin unlocks or it expires (the lockout period)."""
+    return f"tsv:{{u:{_user_tag(username)}}}:locked"
 
 
 def user_checks(username: str) -> str:

@@ -27,6 +27,11 @@ Reuse record (`tsv:{g:<grant>}:reuse`, finAPI token reuse):
     k    id of the server key they were derived under
 Client and user records: the dataclass fields of `models.Client` and `models.User`.
 Consent (field <client id> of `tsv:{u:...}:consents`):  s  scopes approved;  t  when (epoch ms)
+Lockout (login_attempt.lua, login_result.lua): `tsv:{u:...}:fails` the consecutive failed
+    password checks, through any client (an integer); `tsv:{u:...}:locked` "1" while the user
+    is locked, set when the failures reach the limit of the client in use and then refused by
+    every client; both expire together after the lockout period (none when it is 0), and an
+    admin's unlock deletes both.
 """
 
 from __future__ import annotations

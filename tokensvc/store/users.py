@@ -1,10 +1,10 @@
-"""Users and their lockouts: the record, the failure counter and the checks in flight, all in
-the user's `{u:...}` slot, so a login attempt is one script; and each user's grants, so
+"""Users and their lockouts: the record, the failure counter, the lock and the checks in flight,
+all in the user's `{u:...}` slot, so a login attempt is one script; and each user's grants, so
 deleting a user ends every token issued to them."""
 
 from __future__ import annotations
 
-from tokensvc.models import User
+from tokensvc.models import Lockout, User
 from tokensvc.store import keys, records
 from tokensvc.store.connection import map_redis_errors, text
 from tokensvc.store.tokens import TokenStore
@@ -12,10 +12,12 @@ from tokensvc.store.tokens import TokenStore
 
 class UserStore(TokenStore):
     @map_redis_errors
-    async def get_user(self, username: str) -> tuple[User | None, int]:
-        """The user and their consecutive failed logins, in one round trip (same slot)."""
-        raw, fails = await self.redis.mget([keys.user(username), keys.user_failures(username)])
-        return (None if raw is None else records.decode_user(raw)), int(fails or 0)
+    async def get_user(self, username: str) -> tuple[User | None, Lockout]:
+        """The user and their lockout state, in one round trip (same slot)."""
+        raw, fails, lock = await self.redis.mget([keys.user(username), keys.user_failures(username),
+                                                  keys.user_lock(username)])
+        return (None if raw is None else records.decode_user(raw)), Lockout(int(fails or 0),
+                                                                             lock is not None)
 
     @map_redis_errors
     async def put_user(self, user: User, *, new: bool) -> bool:
@@ -31,8 +33,8 @@ class UserStore(TokenStore):
         for grant_id in await self.redis.smembers(keys.user_grants(username)):
             await self._end_grant(text(grant_id))
         removed = await self.redis.delete(keys.user(username), keys.user_failures(username),
-                                          keys.user_checks(username), keys.user_grants(username),
-                                          keys.user_consents(username))
+                                          keys.user_lock(username), keys.user_checks(username),
+                                          keys.user_grants(username), keys.user_consents(username))
         await self.redis.zrem(keys.USERS_INDEX, username)
         return bool(removed)
 
@@ -46,17 +48,20 @@ class UserStore(TokenStore):
                             hold_ms: int) -> tuple[User | None, int]:
         """The user and a reserved password check (login_attempt.lua gives the codes)."""
         raw, n = await self.scripts["login_attempt"](
-            keys=[keys.user(username), keys.user_failures(username), keys.user_checks(username)],
+            keys=[keys.user(username), keys.user_failures(username), keys.user_checks(username),
+                  keys.user_lock(username)],
             args=[limit, hold_ms])
         return (None if not raw else records.decode_user(raw)), int(n)
 
     @map_redis_errors
-    async def login_result(self, username: str, ok: bool, lockout_ms: int) -> int:
-        """Settle a reserved check; the consecutive failures after it (login_result.lua)."""
+    async def login_result(self, username: str, ok: bool, lockout_ms: int, limit: int) -> int:
+        """Settle a reserved check; the consecutive failures after it, or a lock code
+        (login_result.lua)."""
         return int(await self.scripts["login_result"](
-            keys=[keys.user_failures(username), keys.user_checks(username)],
-            args=["1" if ok else "0", lockout_ms]))
+            keys=[keys.user_failures(username), keys.user_checks(username), keys.user_lock(username)],
+            args=["1" if ok else "0", lockout_ms, limit]))
 
     @map_redis_errors
-    async def reset_failures(self, username: str) -> None:
-        await self.redis.delete(keys.user_failures(username))
+    async def end_lockout(self, username: str) -> None:
+        """An admin's unlock: the lock and the failure count go together (one slot, one DEL)."""
+        await self.redis.delete(keys.user_failures(username), keys.user_lock(username))

@@ -34,7 +34,6 @@ from tokensvc.web.authrequest import AuthRequest, ErrorPage, RedirectError
 from tokensvc.web.pages import Pages, prefers_json, static_file
 
 SESSION_COOKIE = "tsv_session"
-VISITOR_COOKIE = "tsv_visitor"
 STYLESHEET = static_file("tokensvc.css")
 _FORM_EXPIRED = "The form has expired or did not come from this site. Go back and try again."
 
@@ -128,16 +127,12 @@ class AuthorizeEndpoints:
 
     def login_page(self, request: Request, req: AuthRequest, status: int = 200, error: str | None = None,
                    username: str = "") -> HTMLResponse:
-        visitor = request.cookies.get(VISITOR_COOKIE, "")
-        fresh = not visitor or len(visitor) > 100
-        if fresh:
-            visitor = secrets.token_urlsafe(24)
+        csrf, fresh = self.pages.visitor_csrf(request)
         # The login POST redirects to the client when consent is remembered: form-action must admit it.
         response = self.page("login.html", status, form_target=self.form_target(req.redirect_uri),
                              client=req.client, hidden=req.raw, error=error, username=username,
-                             csrf=self.csrf_for(visitor))
-        if fresh:
-            self.set_cookie(response, VISITOR_COOKIE, visitor, None)
+                             csrf=csrf)
+        self.pages.set_visitor(response, fresh)
         return response
 
     def consent_page(self, req: AuthRequest, sid: str, username: str) -> HTMLResponse:
@@ -212,7 +207,7 @@ class AuthorizeEndpoints:
         csrf = form.get("csrf")
         try:
             if action == "login":
-                if not self.csrf_ok(request.cookies.get(VISITOR_COOKIE), csrf):
+                if not self.pages.visitor_csrf_ok(request, csrf):
                     raise ErrorPage(_FORM_EXPIRED, 403, "access_denied")
                 return await self._login(request, req, form.get("username"), form.get("password"))
             session = await self.session(request)

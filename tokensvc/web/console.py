@@ -20,7 +20,7 @@ from starlette.responses import Response
 from tokensvc.errors import OAuthError
 from tokensvc.grants import GRANT_TYPES
 from tokensvc.http.admin import MAX_OFFSET
-from tokensvc.models import Client
+from tokensvc.models import Client, Lockout
 from tokensvc.registry import Registry
 from tokensvc.services import Services
 from tokensvc.web.consoleauth import NOTICES, AdminSession, ConsoleAuth
@@ -193,12 +193,8 @@ class Console(ConsoleAuth):
         if session is None:
             return self.back("/admin/console/login")
         username = request.query_params.get("q", "").strip()[:200]
-        found = None
-        failures = 0
-        if username:
-            found, failures = await self.svc.store.get_user(username)
-        return self.render("users.html", session, query=username, user=found, failures=failures,
-                           locked=found is not None and failures >= self.svc.settings.max_user_login_attempts,
+        found, lockout = (await self.svc.store.get_user(username)) if username else (None, Lockout())
+        return self.render("users.html", session, query=username, user=found, lockout=lockout,
                            notice=NOTICES.get(request.query_params.get("done", "")), error=None)
 
     async def user_action(self, request: Request) -> Response:
@@ -233,10 +229,8 @@ class Console(ConsoleAuth):
                 raise _Refused("Unknown action.")
         except (OAuthError, _Refused) as exc:
             message = exc.description if isinstance(exc, OAuthError) else str(exc)
-            found, failures = await self.svc.store.get_user(username)
-            return self.render("users.html", session, 400, query=username, user=found, failures=failures,
-                               locked=found is not None
-                               and failures >= self.svc.settings.max_user_login_attempts,
+            found, lockout = await self.svc.store.get_user(username)
+            return self.render("users.html", session, 400, query=username, user=found, lockout=lockout,
                                notice=None, error=message)
         self.audit(request, session, f"user.{action}", user=ref)
         return self.back("/admin/console/users", done, q=username)

@@ -3,9 +3,12 @@
 Apart from the pages (console.py) because it is the console's security boundary, best read
 whole. The admin key is typed once into a sign-in form and never travels again: it opens a
 server-side session (Redis, idle timeout) held by an HttpOnly, SameSite=Strict cookie
-scoped to /admin. Every form carries a CSRF token bound to that session. Forms that reveal a
-secret (create, rotate) also carry a once-only nonce, so a reload or a resubmission cannot
-create a second client or show a secret twice. Every change is one line in the audit log.
+scoped to /admin. The sign-in form carries a CSRF token bound to the browser's visitor cookie
+(pages.py, as the authorization page's sign-in does), so a cross-site page cannot sign a
+browser in (login CSRF, RFC 9700 §4.4.1.8); every later form carries one bound to the session.
+Forms that reveal a secret (create, rotate) also carry a once-only nonce, so a reload or a
+resubmission cannot create a second client or show a secret twice. Every change is one line
+in the audit log.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from tokensvc.errors import InvalidRequest
+from tokensvc.http.forwarded import client_address
 from tokensvc.http.params import FORM, media_type, read_document
 from tokensvc.services import Services
 from tokensvc.settings import admin_key_of
@@ -103,7 +107,7 @@ class ConsoleAuth:
 
     def audit(self, request: Request, session: AdminSession, action: str, **what: str) -> None:
         """One line per change: who (the session), what, which client; never a secret."""
-        addr = request.client.host if request.client else "-"
+        addr = client_address(request)
         details = " ".join(f"{k}={v}" for k, v in what.items())
         audit.info("console action=%s %s session=%s addr=%s", action, details, session.tag, addr)
 
@@ -130,16 +134,25 @@ class ConsoleAuth:
 
     # -- sign-in -------------------------------------------------------------------------
 
+    def sign_in_page(self, request: Request, status: int = 200, **context: Any) -> HTMLResponse:
+        csrf, fresh = self.pages.visitor_csrf(request)
+        response = self.render("login.html", None, status, login_csrf=csrf, **context)
+        self.pages.set_visitor(response, fresh)
+        return response
+
     async def login(self, request: Request) -> Response:
         if request.method == "GET":
-            notice = NOTICES.get(request.query_params.get("done", ""))
-            return self.render("login.html", None, notice=notice)
+            return self.sign_in_page(request, notice=NOTICES.get(request.query_params.get("done", "")))
         form = await self.form(request)
+        # Before the key is looked at: a forged form learns nothing and opens nothing.
+        if not self.pages.visitor_csrf_ok(request, form.get("csrf")):
+            audit.warning("console action=sign-in-refused reason=csrf addr=%s", client_address(request))
+            return self.sign_in_page(request, 403, error="The form has expired or did not come from "
+                                     "this console. Sign in again.")
         key = form.get("admin_key", "").encode("utf-8")
         if not hmac.compare_digest(key, self._key):
-            audit.warning("console action=sign-in-failed addr=%s",
-                          request.client.host if request.client else "-")
-            return self.render("login.html", None, 401, error="That is not the admin key.")
+            audit.warning("console action=sign-in-failed addr=%s", client_address(request))
+            return self.sign_in_page(request, 401, error="That is not the admin key.")
         sid = secrets.token_urlsafe(32)
         await self.svc.store.put_admin_session(digest(sid), orjson.dumps({"iat": int(time.time())}),
                                                IDLE_SECONDS * 1000)

@@ -1,22 +1,28 @@
 """Server-rendered HTML: the Jinja2 environment, security headers, CSRF tokens and cookies.
 
 Shared by the authorization pages and the admin console, so both send the same strict
-headers: no framing, no inline script or style, nothing cached, no referrer.
+headers: no framing, no inline script or style, nothing cached, no referrer, and both guard
+their sign-in forms the same way: before there is a session, a form's CSRF token is bound to
+the browser's visitor cookie (login CSRF, RFC 9700 §4.4.1.8: a cross-site page must not be
+able to sign a browser in).
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from tokensvc.keyring import Keyring
 from tokensvc.settings import Settings
 
+VISITOR_COOKIE = "tsv_visitor"
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
 
@@ -39,6 +45,24 @@ class Pages:
         if not cookie or not presented:
             return False
         return self._keyring.csrf_ok(cookie, presented)
+
+    def visitor_csrf(self, request: Request) -> tuple[str, str | None]:
+        """The CSRF token of a sign-in form, bound to the browser's visitor cookie (random, kept
+        nowhere: the token is its HMAC); and a new visitor id to set when the browser has none."""
+        visitor = request.cookies.get(VISITOR_COOKIE)
+        if visitor and len(visitor) <= 100:
+            return self.csrf_for(visitor), None
+        fresh = secrets.token_urlsafe(24)
+        return self.csrf_for(fresh), fresh
+
+    def set_visitor(self, response: Response, fresh: str | None) -> None:
+        """Set the visitor cookie `visitor_csrf` made up (a browser session cookie, site-wide)."""
+        if fresh is not None:
+            self.set_cookie(response, VISITOR_COOKIE, fresh, None)
+
+    def visitor_csrf_ok(self, request: Request, presented: str | None) -> bool:
+        """Whether a sign-in form came from a page this browser was shown."""
+        return self.csrf_ok(request.cookies.get(VISITOR_COOKIE), presented)
 
     def render(self, template: str, status: int = 200, *, form_target: str | None = None,
                scripts: bool = False, **context: Any) -> HTMLResponse:
