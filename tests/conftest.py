@@ -110,4 +110,4 @@ async def client(http: httpx.AsyncClient) -> dict[str, Any]:
 async def parties(http: httpx.AsyncClient) -> tuple[dict[str, Any], dict[str, Any]]:
     """alice; the client that owns her grants, and a resource server that introspects them."""
     await new_user(http)
-    return await new_client(http), await new_client(http, name="resource server")
+    return await new_client(http), await new_client(http, name="resource server", introspection="all")

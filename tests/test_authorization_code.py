@@ -51,7 +51,7 @@ def members(r: redis.Redis, key: str) -> set[str]:
 async def rs(http: httpx.AsyncClient) -> Client:
     """alice, and a confidential client that introspects (a resource server)."""
     await new_user(http)
-    return await new_client(http, name="resource server")
+    return await new_client(http, name="resource server", introspection="all")
 
 
 @pytest.fixture

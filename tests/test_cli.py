@@ -171,6 +171,25 @@ def test_client_create_refusal_exits_1_with_its_description(service: CliService)
     assert "grant type 'implicit' is not supported" in result.stderr
 
 
+def test_client_create_sets_resources_and_introspection(service: CliService) -> None:
+    """RFC 8707 `resources` and RFC 7662 §4 `introspection`, as the admin API takes them."""
+    plain = json_out(service.cli("client", "create", "--name", "app"))
+    assert plain["introspection"] == "own" and plain["resources"] == []
+    rs = json_out(service.cli("client", "create", "--name", "gateway", "--introspection", "all",
+                              "--resource", "https://b.example", "--resource", "https://a.example"))
+    assert rs["introspection"] == "all" and rs["resources"] == ["https://a.example", "https://b.example"]
+    token = httpx.post(f"{service.url}/oauth/token", data={"grant_type": "client_credentials"},
+                       auth=(plain["client_id"], plain["client_secret"])).json()["access_token"]
+    seen = httpx.post(f"{service.url}/oauth/introspect", data={"token": token},
+                      auth=(rs["client_id"], rs["client_secret"]))
+    assert seen.status_code == 200 and seen.json()["client_id"] == plain["client_id"]
+    refused = service.cli("client", "create", "--name", "bad", "--resource", "https://a.example/#x")
+    assert refused.returncode == 1
+    assert "'resources': 'https://a.example/#x' has a fragment" in refused.stderr
+    wrong = service.cli("client", "create", "--name", "bad", "--introspection", "everyone")
+    assert wrong.returncode == 2 and "--introspection" in wrong.stderr
+
+
 def test_public_client_has_no_secret(service: CliService) -> None:
     made = json_out(service.cli("client", "create", "--name", "spa", "--public"))
     assert made["token_endpoint_auth_method"] == "none"

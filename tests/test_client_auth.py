@@ -72,7 +72,7 @@ async def _clients(http: httpx.AsyncClient) -> Clients:
     await new_user(http)
     return {
         "conf": await new_client(http),
-        "other": await new_client(http, name="other"),
+        "other": await new_client(http, name="other", introspection="all"),
         "public": await new_client(http, name="spa", token_endpoint_auth_method="none"),
     }
 

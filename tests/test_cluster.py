@@ -77,7 +77,7 @@ async def test_the_cluster_client_is_in_use(cluster_app_factory: AppFactory) -> 
 async def test_every_grant_issues_and_rotation_detects_reuse(cluster_app_factory: AppFactory,
                                                              cluster_db: redis.RedisCluster) -> None:
     async with cluster_app_factory() as http:
-        client, rs = await new_client(http), await new_client(http, name="rs")
+        client, rs = await new_client(http), await new_client(http, name="rs", introspection="all")
         await new_user(http)
         cc = issued(await cc_token(http, client))
         assert await active(http, rs, cc["access_token"])
@@ -95,7 +95,7 @@ async def test_every_grant_issues_and_rotation_detects_reuse(cluster_app_factory
 @pytest.mark.parametrize("hint", [None, "access_token", "refresh_token"])
 async def test_revocation_by_each_hint(cluster_app_factory: AppFactory, hint: str | None) -> None:
     async with cluster_app_factory() as http:
-        client, rs = await new_client(http), await new_client(http, name="rs")
+        client, rs = await new_client(http), await new_client(http, name="rs", introspection="all")
         await new_user(http)
         first = issued(await password_token(http, client))
         second = issued(await refresh(http, client, first["refresh_token"]))
@@ -111,7 +111,7 @@ async def test_revocation_by_each_hint(cluster_app_factory: AppFactory, hint: st
 async def test_code_redemption_and_replay(cluster_app_factory: AppFactory) -> None:
     async with cluster_app_factory() as http:
         await new_user(http)
-        app, rs = await authflow.public_app(http), await new_client(http, name="rs")
+        app, rs = await authflow.public_app(http), await new_client(http, name="rs", introspection="all")
         code = (await authflow.get_code(http, app))["code"]
         tokens = issued(await authflow.redeem(http, app, code))
         assert await active(http, rs, tokens["access_token"])
@@ -154,7 +154,7 @@ async def test_rotated_secret_is_refused_at_once_by_another_instance(
 
 async def test_deleting_a_user_ends_their_grants(cluster_app_factory: AppFactory) -> None:
     async with cluster_app_factory() as http:
-        client, rs = await new_client(http), await new_client(http, name="rs")
+        client, rs = await new_client(http), await new_client(http, name="rs", introspection="all")
         await new_user(http)
         grants = [issued(await password_token(http, client)) for _ in range(5)]
         assert (await http.delete("/admin/users/alice", headers=ADMIN)).status_code == 204
@@ -179,7 +179,7 @@ async def test_admin_listing_reads_clients_across_slots(cluster_app_factory: App
 async def test_token_writes_wait_for_a_replica(cluster_app_factory: AppFactory,
                                                caplog: pytest.LogCaptureFixture) -> None:
     async with cluster_app_factory(redis_wait_replicas=1) as http:
-        client, rs = await new_client(http), await new_client(http, name="rs")
+        client, rs = await new_client(http), await new_client(http, name="rs", introspection="all")
         await new_user(http)
         pw = issued(await password_token(http, client))
         rotated = issued(await refresh(http, client, pw["refresh_token"]))
@@ -193,7 +193,7 @@ async def test_token_writes_wait_for_a_replica(cluster_app_factory: AppFactory,
 async def test_failover_keeps_every_token_and_the_service(
         cluster_app_factory: AppFactory, redis_cluster: RedisClusterNodes) -> None:
     async with cluster_app_factory(redis_wait_replicas=1) as http:
-        client, rs = await new_client(http), await new_client(http, name="rs")
+        client, rs = await new_client(http), await new_client(http, name="rs", introspection="all")
         tokens = [issued(await cc_token(http, client))["access_token"] for _ in range(50)]
         victim = redis_cluster.master_of(token_key(tokens[0]))
         started = time.monotonic()

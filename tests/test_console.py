@@ -353,6 +353,33 @@ async def test_revocation_needs_the_confirmation(scene: Scene) -> None:
     assert snapshot(scene.redis) == before
 
 
+async def test_the_client_page_shows_and_sets_introspection_and_resources(
+        scene: Scene, http: httpx.AsyncClient) -> None:
+    console, page = scene.console, clients_page(scene.client_id)
+    shown = (await console.get(page)).text
+    assert '<dd id="introspection">its own tokens only</dd>' in shown
+    assert '<dd id="resources">any</dd>' in shown
+
+    done = await console.act(page, action="configure", introspection="all")
+    assert done.status_code == 303, done.text
+    await console.act(page, action="edit", resources="https://b.example\nhttps://a.example")
+    shown = (await console.get(page)).text
+    assert "<dd id=\"introspection\">every client&#39;s tokens (a resource server)</dd>" in shown
+    assert ('<dd id="resources"><code>https://a.example</code>, <code>https://b.example</code></dd>'
+            in shown)
+    doc = (await http.get(f"/admin/clients/{scene.client_id}", headers={
+        "Authorization": f"Bearer {ADMIN_KEY}"})).json()
+    assert doc["introspection"] == "all" and doc["resources"] == ["https://a.example", "https://b.example"]
+
+    before = snapshot(scene.redis)
+    refused = await console.act(page, action="edit", resources="not-a-uri")
+    assert refused.status_code == 400
+    assert "&#39;resources&#39;: &#39;not-a-uri&#39; is not an absolute URI" in refused.text
+    refused = await console.act(page, action="configure", introspection="everyone")
+    assert refused.status_code == 400 and "&#39;introspection&#39; must be" in refused.text
+    assert snapshot(scene.redis) == before
+
+
 # -- headers -------------------------------------------------------------------------------
 
 

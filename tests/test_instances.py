@@ -114,7 +114,7 @@ async def test_secret_rotations_repeatedly_across_instances(pair: Pair) -> None:
 async def test_client_deleted_on_a_is_refused_by_b_and_its_tokens_die(pair: Pair) -> None:
     a, b = pair
     client = await new_client(a)
-    rs = await new_client(a, name="resource server")
+    rs = await new_client(a, name="resource server", introspection="all")
     await new_user(a)
     await warm(b, client)
     own = assert_token(await cc_token(b, client))["access_token"]
@@ -153,7 +153,7 @@ async def test_client_edited_on_a_is_seen_by_b(pair: Pair) -> None:
 async def test_token_issued_on_a_revoked_on_b_is_inactive_on_a(pair: Pair) -> None:
     a, b = pair
     client = await new_client(a)
-    rs = await new_client(b, name="resource server")
+    rs = await new_client(b, name="resource server", introspection="all")
     await new_user(a)
     tokens = assert_token(await password_token(a, client))
     info = await introspect(b, rs, tokens["access_token"])

@@ -58,7 +58,7 @@ async def test_issued_on_one_introspected_on_another_revoked_on_the_third(
         https: list[httpx.AsyncClient]) -> None:
     one, two, three = https
     client = await new_client(one)
-    checker = await new_client(two)
+    checker = await new_client(two, introspection="all")
     await new_user(one)
     issued = await one.post("/oauth/token", auth=auth(client), data={
         "grant_type": "password", "username": "alice", "password": "correct horse"})
@@ -140,7 +140,7 @@ async def test_secret_rotated_on_one_is_refused_by_the_others_on_the_next_reques
 async def test_client_revoked_on_one_is_refused_everywhere(https: list[httpx.AsyncClient]) -> None:
     one, two, three = https
     client = await new_client(one)
-    checker = await new_client(one)
+    checker = await new_client(one, introspection="all")
     tokens = []
     for http in https:  # warm every cache, with a token from each instance
         resp = await cc(http, client)

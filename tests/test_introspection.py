@@ -29,7 +29,7 @@ async def inspect(http: httpx.AsyncClient, rs: dict[str, Any], token: str,
 @pytest.fixture
 async def rs(http: httpx.AsyncClient) -> dict[str, Any]:
     """A resource server: a confidential client that only introspects."""
-    return await new_client(http, name="resource server", scopes=[])
+    return await new_client(http, name="resource server", scopes=[], introspection="all")
 
 
 async def test_active_client_credentials_token(http: httpx.AsyncClient, rs: dict[str, Any]) -> None:
@@ -132,7 +132,7 @@ async def test_token_with_a_one_second_lifetime_expires(app_factory: AppFactory,
     """The per-client TTL reaches Redis, and Redis's expiry (brought forward rather than waited
     for) ends the token: no test hook in the service."""
     async with app_factory() as http:
-        rs = await new_client(http, name="resource server")
+        rs = await new_client(http, name="resource server", introspection="all")
         client = await new_client(http, access_token_ttl=1)
         resp = await cc_token(http, client)
         assert resp.json()["expires_in"] == 1

@@ -84,3 +84,20 @@ async def test_real_answers_are_documented(http: httpx.AsyncClient) -> None:
         if resp.headers.get("content-type", "").startswith("application/json") and resp.status_code >= 400:
             body = resp.json()
             assert {"error", "error_description", "message"} <= set(body), (path, body)
+
+
+async def test_client_policy_fields_and_the_audience_are_documented(http: httpx.AsyncClient) -> None:
+    """`introspection` (RFC 7662 §4) and `resources` (RFC 8707) as the admin API shows and takes
+    them; `resource` on token requests and `aud` at introspection."""
+    schemas = (await document(http))["components"]["schemas"]
+    client = await new_client(http, introspection="all", resources=["https://api.example"])
+    for name in ("Client", "ClientInput"):
+        props = schemas[name]["properties"]
+        assert props["introspection"]["enum"] == ["own", "all"]
+        assert props["introspection"]["default"] == "own"
+        assert props["resources"]["type"] == "array"
+        assert client["introspection"] in props["introspection"]["enum"]
+    assert "resource" in schemas["TokenRequest"]["properties"]
+    assert "aud" in schemas["Introspection"]["properties"]
+    assert "invalid_target" in (await document(http))["paths"]["/oauth/token"]["post"]["responses"][
+        "400"]["description"]

@@ -47,7 +47,7 @@ class World:
 
 async def make_world(http: httpx.AsyncClient) -> World:
     client = await new_client(http)
-    rs = await new_client(http, name="resource server")
+    rs = await new_client(http, name="resource server", introspection="all")
     username = f"user-{next(_names)}"
     await new_user(http, username)
     cc = await cc_token(http, client)

@@ -269,7 +269,7 @@ async def test_new_password_applies_at_once(http: httpx.AsyncClient, client: Cli
 
 async def test_every_token_names_the_user(http: httpx.AsyncClient, client: Client) -> None:
     body = assert_issued(await login(http, client, "correct horse"))
-    rs = await new_client(http, name="resource server")
+    rs = await new_client(http, name="resource server", introspection="all")
     for token, kind in ((body["access_token"], "Bearer"), (body["refresh_token"], "refresh_token")):
         doc = await introspect(http, rs, token)
         assert (doc["token_type"], doc["username"], doc["sub"], doc["client_id"], doc["scope"]) == (

@@ -202,7 +202,7 @@ async def test_refresh_grace(app_factory: AppFactory, redis_db: redis.Redis, gra
     async with app_factory(refresh_grace=grace) as http:
         await new_user(http)
         client = await new_client(http)
-        rs = await new_client(http, name="resource server")
+        rs = await new_client(http, name="resource server", introspection="all")
         first = await start(http, client)
         second = assert_issued(await refresh(http, client, first["refresh_token"]))
         if elapsed is not None:
@@ -233,7 +233,7 @@ async def test_concurrent_refreshes_of_one_token(app_factory: AppFactory, redis_
     async with app_factory(refresh_grace=grace) as http:
         await new_user(http)
         client = await new_client(http)
-        rs = await new_client(http, name="resource server")
+        rs = await new_client(http, name="resource server", introspection="all")
         first = await start(http, client)
         answers = await asyncio.gather(*(refresh(http, client, first["refresh_token"]) for _ in range(20)))
         ok = [resp for resp in answers if resp.status_code == 200]
@@ -329,7 +329,7 @@ async def test_gofundo_lifetimes_through_rotation(app_factory: AppFactory, redis
     async with app_factory() as http:
         await new_user(http)
         client = await new_client(http, access_token_ttl=two_weeks, refresh_token_ttl=hour)
-        rs = await new_client(http, name="resource server")
+        rs = await new_client(http, name="resource server", introspection="all")
         first = assert_issued(await password_token(http, client), expires_in=two_weeks)
         index = keys.grant_index(grant_of(first["access_token"]))
         # Absolute expiry times (PEXPIRETIME), so the order of these reads does not matter.

@@ -62,7 +62,7 @@ async def test_identical_requests_get_the_same_token(app_factory: AppFactory, re
                                                      patch: dict[str, Any] | None) -> None:
     async with app_factory(**settings) as http:
         client = await new_client(http, **fields)
-        rs = await new_client(http, name="resource server")
+        rs = await new_client(http, name="resource server", introspection="all")
         if patch is not None:
             before = assert_issued(await cc_token(http, client))  # warm cache, reuse still off
             assert assert_issued(await cc_token(http, client))["access_token"] != before["access_token"]
@@ -127,7 +127,7 @@ async def test_scope_sets_never_share_a_token(app_factory: AppFactory, first_sco
                                               second_scope: str | None, same: bool) -> None:
     async with app_factory(reuse_tokens=True) as http:
         client = await new_client(http)
-        rs = await new_client(http, name="resource server")
+        rs = await new_client(http, name="resource server", introspection="all")
         first = await cc(http, client, first_scope)
         second = await cc(http, client, second_scope)
         assert (first["access_token"] == second["access_token"]) is same
@@ -159,7 +159,7 @@ async def test_password_reuse_is_per_user_and_per_client(app_factory: AppFactory
         await new_user(http)
         await new_user(http, username="bob", password="bobs password")
         client = await new_client(http)
-        other = await new_client(http, name="other")
+        other = await new_client(http, name="other", introspection="all")
         alice = assert_issued(await password_token(http, client), refresh=True)
         again = assert_issued(await password_token(http, client), refresh=True)
         assert again["access_token"] == alice["access_token"]
@@ -189,7 +189,7 @@ async def test_a_revoked_token_is_not_handed_out_again(app_factory: AppFactory, 
     async with app_factory(reuse_tokens=True) as http:
         await new_user(http)
         client = await new_client(http)
-        rs = await new_client(http, name="resource server")
+        rs = await new_client(http, name="resource server", introspection="all")
         first = assert_issued(await password_token(http, client), refresh=True)
         reused = assert_issued(await password_token(http, client), refresh=True)
         assert (reused["access_token"], reused["refresh_token"]) == (first["access_token"],
@@ -248,7 +248,7 @@ async def test_a_new_token_once_less_than_half_the_lifetime_remains(
     async with app_factory(reuse_tokens=True) as http:
         await new_user(http)
         client = await new_client(http)
-        rs = await new_client(http, name="resource server")
+        rs = await new_client(http, name="resource server", introspection="all")
         request = cc_token if grant == "client_credentials" else password_token
         refresh = grant == "password"
         first = assert_issued(await request(http, client), refresh=refresh)
@@ -296,7 +296,7 @@ async def test_reuse_answers_come_from_the_worker_until_half_life(app_factory: A
             assert (await cc(http, client))["access_token"] == first["access_token"]
         assert redis_db.pttl(key) > 10**9 - 5000
         # A revocation on any instance is announced, and the next request gets a new token.
-        rs = await new_client(http, name="resource server")
+        rs = await new_client(http, name="resource server", introspection="all")
         resp = await http.post("/oauth/revoke", data={"token": first["access_token"],
                                                       "token_type_hint": "access_token"},
                                auth=(client["client_id"], client["client_secret"]))

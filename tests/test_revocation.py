@@ -430,7 +430,7 @@ async def test_revoked_access_token_with_reuse_is_not_handed_out_again(
     """finAPI reuse: once revoked, an identical request gets a fresh token, not the dead one."""
     async with app_factory(reuse_tokens=True) as http:
         client = await new_client(http)
-        rs = await new_client(http, name="resource server")
+        rs = await new_client(http, name="resource server", introspection="all")
         first = (await cc_token(http, client)).json()["access_token"]
         assert (await cc_token(http, client)).json()["access_token"] == first
         resp = await http.post("/oauth/revoke", data={"token": first, "token_type_hint": "access_token"},

@@ -61,6 +61,13 @@ class InvalidScope(OAuthError):
     error = "invalid_scope"
 
 
+class InvalidTarget(OAuthError):
+    """RFC 8707 §2: a `resource` is malformed (not an absolute URI, or with a fragment), or not
+    one this client may ask for, or wider than the grant it narrows."""
+
+    error = "invalid_target"
+
+
 class UnsupportedTokenType(OAuthError):
     """RFC 7009 §2.2.1: the token_type_hint names a type this server does not revoke."""
 

@@ -69,10 +69,11 @@ class TokenWriter:
     def reuses(self, client: Client) -> bool:
         return self.settings.reuse_tokens if client.reuse_tokens is None else client.reuse_tokens
 
-    async def lone(self, client: Client, scope: str) -> TokenResponse:
-        """An access token for the client itself: nothing to index (the hot path: one SET)."""
+    async def lone(self, client: Client, scope: str, aud: str | None = None) -> TokenResponse:
+        """An access token for the client itself (for the audience `aud`, RFC 8707): nothing to
+        index (the hot path: one SET)."""
         if self.reuses(client):
-            reused = await self._reusable(client, None, scope, with_refresh=False)
+            reused = await self._reusable(client, None, scope, with_refresh=False, aud=aud)
             if reused is not None:
                 return reused
         at_ttl = self.access_ttl(client) * 1000
@@ -80,16 +81,17 @@ class TokenWriter:
         access = self.codec.mint(ACCESS, grant_id)
         await self.store.put_token(
             keys.token(grant_id, access.digest),
-            records.encode_token(ACCESS, client.client_id, None, scope, grant_id, now_ms(), at_ttl),
+            records.encode_token(ACCESS, client.client_id, None, scope, grant_id, now_ms(), at_ttl,
+                                 aud),
             at_ttl)
         return TokenResponse(access.token, at_ttl // 1000, scope)
 
-    async def grant(self, client: Client, username: str, scope: str,
-                    with_refresh: bool) -> TokenResponse:
+    async def grant(self, client: Client, username: str, scope: str, with_refresh: bool,
+                    aud: str | None = None) -> TokenResponse:
         """A new grant for a user: its access token (and refresh token), indexed in the grant
-        and linked to the user, so deleting the user ends it."""
+        and linked to the user, so deleting the user ends it. Both tokens carry the audience."""
         if self.reuses(client):
-            reused = await self._reusable(client, username, scope, with_refresh)
+            reused = await self._reusable(client, username, scope, with_refresh, aud)
             if reused is not None:
                 return reused
         at_ttl = self.access_ttl(client) * 1000
@@ -99,21 +101,23 @@ class TokenWriter:
         access = self.codec.mint(ACCESS, grant_id)
         written = [(keys.token(grant_id, access.digest),
                     records.encode_token(ACCESS, client.client_id, username, scope, grant_id, now,
-                                         at_ttl), at_ttl)]
+                                         at_ttl, aud), at_ttl)]
         refresh: str | None = None
         if with_refresh:
             minted = self.codec.mint(REFRESH, grant_id)
             refresh = minted.token
             written.append((keys.token(grant_id, minted.digest),
                             records.encode_token(REFRESH, client.client_id, username, scope,
-                                                 grant_id, now, rt_ttl), rt_ttl))
+                                                 grant_id, now, rt_ttl, aud), rt_ttl))
         await self.store.issue(grant_id, written)
         await self.store.link_user_grant(username, grant_id, max(at_ttl, rt_ttl))
         return TokenResponse(access.token, at_ttl // 1000, scope, refresh)
 
     async def _reusable(self, client: Client, username: str | None, scope: str,
-                        with_refresh: bool) -> TokenResponse | None:
+                        with_refresh: bool, aud: str | None) -> TokenResponse | None:
         """finAPI reuse: identical requests meet on one derived grant and one reuse record.
+        Identical means the same client, user, scope set and audience: a token for one resource
+        server is never handed to a request for another.
 
         None only when the live token was derived under a server key that is no longer
         configured; the caller then issues an ordinary token.
@@ -121,7 +125,8 @@ class TokenWriter:
         at_ttl = self.access_ttl(client) * 1000
         rt_ttl = self.refresh_ttl(client) * 1000
         now = now_ms()
-        grant_id = derived_grant_id("reuse", client.client_id, username or "", scope)
+        parts = (client.client_id, username or "", scope)
+        grant_id = derived_grant_id("reuse", *parts, aud) if aud else derived_grant_id("reuse", *parts)
         cached = self._reused.get(grant_id) if self.clients.live else None
         if cached is not None:
             if now < cached.until:
@@ -135,7 +140,7 @@ class TokenWriter:
         assert access is not None  # noqa: S101
         at_key = keys.token(grant_id, access.digest)
         tokens = [(at_key, records.encode_token(ACCESS, client.client_id, username, scope,
-                                                grant_id, now, at_ttl), at_ttl)]
+                                                grant_id, now, at_ttl, aud), at_ttl)]
         refresh: Minted | None = None
         rt_seed: str | None = None
         if with_refresh:
@@ -144,7 +149,7 @@ class TokenWriter:
             assert refresh is not None  # noqa: S101 -- as above: the signing key always exists
             tokens.append((keys.token(grant_id, refresh.digest),
                            records.encode_token(REFRESH, client.client_id, username, scope,
-                                                grant_id, now, rt_ttl), rt_ttl))
+                                                grant_id, now, rt_ttl, aud), rt_ttl))
         reuse = records.encode_reuse(at_ttl, at_key, at_seed, rt_seed, self.codec.key_id)
         found = await self.store.reuse_or_issue(grant_id, reuse, at_ttl, tokens)
         if username is not None:

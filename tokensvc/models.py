@@ -28,6 +28,13 @@ class Client:
     # `<key id>:<HMAC>` of the secret under a server subkey (keyring.py): lets any worker of the
     # deployment accept the secret without argon2. Written with the hash, removed with it.
     secret_verifier: str | None = None
+    # RFC 7662 §4: "own" lets the client introspect only the tokens issued to it; "all" makes it
+    # a resource server that may introspect any client's tokens. Set by the admin only.
+    introspection: str = "own"
+    # RFC 8707: the resource servers (absolute URIs, sorted) the client may ask tokens for; a
+    # request naming none gets all of them as its audience. Empty: any resource, and no
+    # audience unless one is asked for.
+    resources: tuple[str, ...] = ()
 
     @property
     def is_public(self) -> bool:
@@ -66,6 +73,8 @@ class TokenRecord:
     issued_at: int
     expires_at: int
     rotated_at: int | None = None
+    # RFC 8707: the resource URIs the token is for, sorted and space-separated; None: any.
+    audience: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

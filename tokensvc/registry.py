@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from tokensvc import resources
 from tokensvc.errors import Conflict, InvalidRequest, NotFound
 from tokensvc.grants import GRANT_TYPES
 from tokensvc.hashing import Hasher
@@ -25,7 +26,9 @@ SECRET_PREFIX = "tsv_cs_"  # noqa: S105 -- the public prefix of generated secret
 _CONFIG_INTS = ("access_token_ttl", "refresh_token_ttl", "max_user_login_attempts")
 # Ten years: a lifetime must fit Redis' PX and the 64-bit `exp` of a token record.
 _EDITABLE = ("name", "redirect_uris", "scopes", "grant_types", "website",
-             "reuse_tokens", "require_verified_users", *_CONFIG_INTS)
+             "reuse_tokens", "require_verified_users", *_CONFIG_INTS, "introspection", "resources")
+# RFC 7662 §4: whose tokens a client may introspect, its own or (a resource server) anyone's.
+INTROSPECTION = ("own", "all")
 _CREATABLE = (*_EDITABLE, "token_endpoint_auth_method")
 _USER_FIELDS = ("username", "password", "verified")
 
@@ -105,8 +108,27 @@ def _website(doc: Mapping[str, Any]) -> str | None:
     return site
 
 
+def _resources(doc: Mapping[str, Any]) -> tuple[str, ...]:
+    """RFC 8707 resource indicators a client may ask for: absolute URIs without a fragment."""
+    uris = _strings(doc, "resources") or ()
+    if len(uris) > resources.MAX_RESOURCES:
+        raise InvalidRequest(f"'resources' may name at most {resources.MAX_RESOURCES} resources.")
+    for uri in uris:
+        why = resources.problem(uri)
+        if why is not None:
+            raise InvalidRequest(f"'resources': {uri[:100]!r} {why} (RFC 8707 §2).")
+    return resources.canonical(uris)
+
+
 def _config(doc: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    if "introspection" in doc:
+        if doc["introspection"] not in INTROSPECTION:
+            raise InvalidRequest("'introspection' must be \"own\" (the client's own tokens) or "
+                                 "\"all\" (a resource server: every client's tokens).")
+        out["introspection"] = doc["introspection"]
+    if "resources" in doc:
+        out["resources"] = _resources(doc)
     for name in _CONFIG_INTS:
         if name in doc:
             value = doc[name]
@@ -152,7 +174,7 @@ def client_view(client: Client, secret: str | None = None) -> dict[str, Any]:
         view["client_secret"] = secret
     view.update({k: v for k, v in dataclasses.asdict(client).items()
                  if k not in ("client_id", "secret_hash", "secret_verifier")})
-    for name in ("grant_types", "scopes", "redirect_uris"):
+    for name in ("grant_types", "scopes", "redirect_uris", "resources"):
         view[name] = list(view[name])
     return view
 

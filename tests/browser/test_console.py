@@ -191,7 +191,8 @@ async def test_client_lifecycle(live_server: Service, page: Page, context: Brows
                                 artifacts: Path) -> None:
     await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
     # Another client, to introspect this one's tokens with.
-    observer = await live_server.create_client(name="Observer", grant_types=["client_credentials"])
+    observer = await live_server.create_client(name="Observer", grant_types=["client_credentials"],
+                                               introspection="all")
     await sign_in(page, live_server)
 
     # Create through the "New client" form.

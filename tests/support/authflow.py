@@ -10,7 +10,7 @@ import html
 import re
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 import redis
@@ -118,6 +118,21 @@ def forms(resp: httpx.Response) -> dict[str, Query]:
             for action, body in _FORM.findall(resp.text)}
 
 
+def hidden_fields(resp: httpx.Response, action: str = "/oauth/authorize") -> list[tuple[str, str]]:
+    """The hidden fields of the page's form for `action`, in order, a repeated name (RFC 8707's
+    `resource`) as often as it is there."""
+    for target, body in _FORM.findall(resp.text):
+        if target == action:
+            return [(name, html.unescape(value)) for name, value in _HIDDEN.findall(body)]
+    raise AssertionError(f"no form for {action}: {resp.text}")
+
+
+def _submitted(hidden: list[tuple[str, str]], over: dict[str, str | None]) -> list[tuple[str, str]]:
+    """What a browser posts: the hidden fields, `over` replacing (None: dropping) a name's."""
+    return [(k, v) for k, v in hidden if k not in over] + [(k, v) for k, v in over.items()
+                                                             if v is not None]
+
+
 def csrf_of(resp: httpx.Response) -> str:
     found = _CSRF.search(resp.text)
     assert found is not None, resp.text
@@ -151,17 +166,18 @@ async def sign_in(http: httpx.AsyncClient, login_page: httpx.Response, username:
                   password: str = PASSWORD, **over: str | None) -> httpx.Response:
     """Submit the login form of `login_page` as a browser would; None drops a field."""
     assert is_login_page(login_page), login_page.text
-    fields: dict[str, str | None] = {**forms(login_page)["/oauth/authorize"], "username": username,
-                                     "password": password, **over}
-    return await http.post("/oauth/authorize", data={k: v for k, v in fields.items() if v is not None})
+    fields = _submitted(hidden_fields(login_page), {"username": username, "password": password, **over})
+    return await http.post("/oauth/authorize", content=urlencode(fields),
+                           headers={"content-type": "application/x-www-form-urlencoded"})
 
 
 async def decide(http: httpx.AsyncClient, consent_page: httpx.Response, action: str | None = "approve",
                  **over: str | None) -> httpx.Response:
     """Press Allow (or Deny) on the consent page; None drops a field."""
     assert is_consent_page(consent_page), consent_page.text
-    fields: dict[str, str | None] = {**forms(consent_page)["/oauth/authorize"], "action": action, **over}
-    return await http.post("/oauth/authorize", data={k: v for k, v in fields.items() if v is not None})
+    fields = _submitted(hidden_fields(consent_page), {"action": action, **over})
+    return await http.post("/oauth/authorize", content=urlencode(fields),
+                           headers={"content-type": "application/x-www-form-urlencoded"})
 
 
 async def get_code(http: httpx.AsyncClient, client: Client, *, username: str = "alice",

@@ -22,7 +22,7 @@ from tokensvc.errors import OAuthError, StoreUnavailable
 from tokensvc.grants import GRANT_TYPES
 from tokensvc.hashing import Hasher
 from tokensvc.keyring import Keyring
-from tokensvc.registry import Registry, client_view, user_view
+from tokensvc.registry import INTROSPECTION, Registry, client_view, user_view
 from tokensvc.settings import ENV_PREFIX, Settings
 from tokensvc.store.embedded import running_url
 from tokensvc.store.redis import open_store
@@ -103,11 +103,18 @@ def client() -> None:
 @click.option("--website", help="The client's website, shown on the consent page.")
 @click.option("--public", is_flag=True,
               help="A public client (no secret, token_endpoint_auth_method none).")
+@click.option("--resource", "resources", multiple=True, metavar="URI",
+              help="A resource (RFC 8707 absolute URI) the client may ask tokens for (repeatable); "
+                   "none: any resource.")
+@click.option("--introspection", type=click.Choice(INTROSPECTION), default="own", show_default=True,
+              help="Whose tokens the client may introspect: its own, or all (a resource server).")
 @_admin_options
 def client_create(name: str, redirect_uris: tuple[str, ...], scopes: tuple[str, ...],
-                  grant_types: tuple[str, ...], website: str | None, public: bool, **flags: Any) -> None:
+                  grant_types: tuple[str, ...], website: str | None, public: bool,
+                  resources: tuple[str, ...], introspection: str, **flags: Any) -> None:
     """Create a client and print it as JSON, with its secret: the only time the secret is shown."""
-    doc: dict[str, Any] = {"name": name, "redirect_uris": list(redirect_uris), "scopes": list(scopes)}
+    doc: dict[str, Any] = {"name": name, "redirect_uris": list(redirect_uris), "scopes": list(scopes),
+                           "resources": list(resources), "introspection": introspection}
     if grant_types:
         doc["grant_types"] = list(grant_types)
     if website is not None:

@@ -8,8 +8,8 @@ never redeemed twice whatever the verifier.
 
 from __future__ import annotations
 
-from tokensvc import metrics, pkce
-from tokensvc.errors import InvalidGrant, InvalidRequest
+from tokensvc import metrics, pkce, resources
+from tokensvc.errors import InvalidGrant, InvalidRequest, InvalidTarget
 from tokensvc.grants.base import Grant, GrantContext
 from tokensvc.issuance import TokenWriter, now_ms
 from tokensvc.models import Client, TokenResponse
@@ -25,12 +25,14 @@ _REFUSALS = {
     "REDIRECT": "redirect_uri does not match the authorization request.",
     "PKCE": "The code_verifier does not match the code_challenge.",
 }
+_WIDER = "The requested resource exceeds the resources of the authorization request."
 
 
 async def issue_code(tokens: TokenWriter, client: Client, username: str, scope: str,
                      redirect_uri: str, redirect_uri_sent: bool, challenge: str | None,
-                     method: str | None) -> str:
-    """RFC 6749 §4.1.2: a single-use code bound to client, user, scope, redirect and PKCE.
+                     method: str | None, aud: str | None = None) -> str:
+    """RFC 6749 §4.1.2: a single-use code bound to client, user, scope, redirect, PKCE and the
+    audience (RFC 8707) of the authorization request.
 
     `redirect_uri` is where the code goes; `redirect_uri_sent` says whether the request named
     it, which decides whether its redemption must (RFC 6749 §4.1.3).
@@ -40,7 +42,7 @@ async def issue_code(tokens: TokenWriter, client: Client, username: str, scope: 
     grant_id = new_grant_id()
     code = tokens.codec.mint(CODE, grant_id)
     record = records.encode_code(client.client_id, username, scope, grant_id, redirect_uri,
-                                 redirect_uri_sent, challenge, method, now_ms(), ttl)
+                                 redirect_uri_sent, challenge, method, now_ms(), ttl, aud)
     await tokens.store.issue(grant_id, [(keys.token(grant_id, code.digest), record, ttl)])
     await tokens.store.link_user_grant(username, grant_id, ttl)
     metrics.code_event("issued")
@@ -60,6 +62,11 @@ async def handle(ctx: GrantContext) -> TokenResponse:
     client = ctx.client
     if client.is_public and verifier is None:
         raise InvalidGrant("A public client must send its code_verifier (PKCE).")
+    # RFC 8707 §2.2: a subset of the code's audience (redeem.lua), and of the client's
+    # registered resources as they are now.
+    wanted = resources.parse(ctx.params.get("resource"))
+    if wanted is not None:
+        resources.allow(wanted, client.resources)
     codec = ctx.tokens.codec
     parsed = codec.parse(code, CODE)
     if parsed is None:
@@ -72,7 +79,10 @@ async def handle(ctx: GrantContext) -> TokenResponse:
     s256 = "" if verifier is None else pkce.s256(verifier)
     out = await ctx.store.redeem(parsed.grant_id, parsed.digest, access.digest, refresh.digest,
                                  client.client_id, redirect_uri or "", verifier or "", s256,
-                                 at_ttl, rt_ttl, with_refresh)
+                                 at_ttl, rt_ttl, with_refresh,
+                                 " ".join(wanted) if wanted is not None else "")
+    if out[0] == "TARGET":
+        raise InvalidTarget(_WIDER)
     if out[0] == "REPLAY":
         metrics.code_event("replayed")
     if out[0] == "NO_REDIRECT":

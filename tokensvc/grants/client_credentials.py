@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tokensvc import scopes
+from tokensvc import resources, scopes
 from tokensvc.grants.base import Grant, GrantContext
 from tokensvc.models import TokenResponse
 
@@ -10,9 +10,14 @@ GRANT_TYPE = "client_credentials"
 
 
 async def handle(ctx: GrantContext) -> TokenResponse:
-    scope = scopes.grant(scopes.parse(ctx.params.get("scope")), ctx.client.scopes)
+    client = ctx.client
+    scope = scopes.grant(scopes.parse(ctx.params.get("scope")), client.scopes)
+    raw = ctx.params.get("resource")
+    # RFC 8707: nothing to do for a client that neither asks for nor is limited to resources.
+    aud = (None if raw is None and not client.resources
+           else resources.audience(resources.parse(raw), client.resources))
     # RFC 6749 §4.4.3: a refresh token SHOULD NOT be included.
-    return await ctx.tokens.lone(ctx.client, scope)
+    return await ctx.tokens.lone(client, scope, aud)
 
 
 # RFC 6749 §4.4: the client credentials grant MUST only be used by confidential clients.

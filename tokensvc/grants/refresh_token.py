@@ -8,8 +8,8 @@ grant left alone, so no client can end another's grant with a token it got hold 
 
 from __future__ import annotations
 
-from tokensvc import metrics, scopes
-from tokensvc.errors import InvalidGrant, InvalidRequest, InvalidScope, OAuthError
+from tokensvc import metrics, resources, scopes
+from tokensvc.errors import InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget, OAuthError
 from tokensvc.grants.base import Grant, GrantContext
 from tokensvc.models import TokenResponse
 from tokensvc.tokens import ACCESS, REFRESH
@@ -21,6 +21,7 @@ _REFUSALS: dict[str, tuple[type[OAuthError], str]] = {
     "REUSED": (InvalidGrant, "The refresh token was already used; the grant has been revoked."),
     "CLIENT": (InvalidGrant, "The refresh token was issued to another client."),
     "SCOPE": (InvalidScope, "The requested scope exceeds the scope originally granted."),
+    "TARGET": (InvalidTarget, "The requested resource exceeds the audience originally granted."),
 }
 
 
@@ -30,6 +31,11 @@ async def handle(ctx: GrantContext) -> TokenResponse:
         raise InvalidRequest("refresh_token is required.")
     requested = scopes.parse(ctx.params.get("scope"))
     scope = scopes.fmt(requested) if requested is not None else ""
+    # RFC 8707 §2.2: a subset of the grant's audience (rotate.lua), and of the client's
+    # registered resources as they are now.
+    wanted = resources.parse(ctx.params.get("resource"))
+    if wanted is not None:
+        resources.allow(wanted, ctx.client.resources)
     codec = ctx.tokens.codec
     parsed = codec.parse(presented, REFRESH)
     if parsed is None:
@@ -40,7 +46,8 @@ async def handle(ctx: GrantContext) -> TokenResponse:
     refresh = codec.mint(REFRESH, parsed.grant_id)
     out = await ctx.store.rotate(parsed.grant_id, parsed.digest, access.digest, refresh.digest,
                                  ctx.client.client_id, scope, at_ttl, rt_ttl,
-                                 ctx.settings.refresh_grace * 1000)
+                                 ctx.settings.refresh_grace * 1000,
+                                 " ".join(wanted) if wanted is not None else "")
     if out[0] == "OK":
         if out[1]:
             # Rotation extends the grant's life; the user's grant set must follow it.

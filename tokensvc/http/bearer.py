@@ -12,6 +12,7 @@ import hmac
 
 from starlette.requests import Request
 
+from tokensvc import resources
 from tokensvc.errors import InvalidToken
 from tokensvc.models import TokenRecord
 from tokensvc.services import Services
@@ -76,6 +77,8 @@ def introspection(record: TokenRecord | None, issuer_url: str) -> dict[str, obje
         body["scope"] = record.scope
     body.update({"token_type": "Bearer" if record.kind == ACCESS else "refresh_token",
                  "iss": issuer_url, **claims(record)})
+    if record.audience is not None:
+        body["aud"] = resources.claim(record.audience)  # RFC 8707 §2: the requested resources
     return body
 
 

@@ -21,7 +21,7 @@ from tokensvc.errors import (
 from tokensvc.grants import GRANTS
 from tokensvc.grants.base import GrantContext
 from tokensvc.http.bearer import bearer_token, introspection, live_record
-from tokensvc.http.params import read_params
+from tokensvc.http.params import TOKEN_LISTS, read_params
 from tokensvc.http.responses import json_response
 from tokensvc.services import Services
 from tokensvc.tokens import ACCESS, CODE, REFRESH
@@ -68,7 +68,7 @@ class OAuthEndpoints:
         svc = self.svc
         if request.scope["query_string"]:
             raise InvalidRequest(_NO_URL_PARAMETERS)
-        params = await read_params(request, self.limit, self.timeout)
+        params = await read_params(request, self.limit, self.timeout, TOKEN_LISTS)
         grant_type = params.get("grant_type")
         if grant_type is None:
             raise InvalidRequest("grant_type is required.")
@@ -130,19 +130,24 @@ class OAuthEndpoints:
         return Response(status_code=200)
 
     async def introspect(self, request: Request) -> Response:
-        """RFC 7662: anything unknown, expired, rotated or revoked is just `active: false`."""
+        """RFC 7662: anything unknown, expired, rotated or revoked is just `active: false`, and
+        so is another client's token unless the caller is a resource server (RFC 7662 §4:
+        its client document says `"introspection": "all"`)."""
         svc = self.svc
         if request.scope["query_string"]:
             raise InvalidRequest(_INTROSPECT_QUERY)
         params = await read_params(request, self.limit, self.timeout)
-        await authenticate(request.headers.get("authorization"), params, svc.clients,
-                           allow_public=False)
+        caller = (await authenticate(request.headers.get("authorization"), params, svc.clients,
+                                     allow_public=False)).client
         token = params.get("token")
         if token is None:
             raise InvalidRequest("token is required.")
         if params.get("token_type_hint") not in _HINTS:
             raise UnsupportedTokenType("token_type_hint must be access_token or refresh_token.")
         record = await live_record(svc, token)
+        if (record is not None and record.client_id != caller.client_id
+                and caller.introspection != "all"):
+            record = None  # told apart from an unknown token by nothing
         return json_response(introspection(record, svc.settings.issuer_url), no_store=True)
 
 

@@ -54,7 +54,7 @@ COMMON = {
 }
 OAUTH_ERRORS = {
     "400": _error("RFC 6749 §5.2 error: invalid_request, invalid_grant, unsupported_grant_type, "
-                  "invalid_scope, unauthorized_client."),
+                  "invalid_scope, unauthorized_client; RFC 8707 §2 invalid_target."),
     "401": _error("invalid_client: client authentication failed."),
     "403": _error("access_denied: the user is not verified and the client requires it."),
     "423": _error("user_locked: too many failed password attempts."),
@@ -95,6 +95,23 @@ CLIENT_AUTH: list[dict[str, list[str]]] = [{"clientBasic": []}, {}]  # {}: secre
 ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
+# The client fields that decide what other parties see of its tokens.
+CLIENT_POLICY: dict[str, Schema] = {
+    "introspection": {
+        "enum": ["own", "all"], "default": "own",
+        "description": "RFC 7662 §4: `own`, the client may introspect only tokens issued to it "
+                       "(another client's are `active: false`); `all`, a resource server that "
+                       "may introspect every client's tokens. Set by the admin API only."},
+    "resources": {
+        "type": "array", "items": {"type": "string", "format": "uri"}, "maxItems": 20,
+        "description": "RFC 8707 resource indicators (absolute URIs, no fragment) the client may "
+                       "ask tokens for; another is `invalid_target`. A token request naming none "
+                       "gets all of them as its audience. Empty (the default): any resource, "
+                       "and no audience unless one is asked for."},
+}
+_AUD: Schema = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                "description": "RFC 8707: the resources the token is for (one string, or several)."}
+
 SCHEMAS: dict[str, Schema] = {
     "Error": {
         "type": "object", "required": ["error", "error_description", "message"],
@@ -103,9 +120,11 @@ SCHEMAS: dict[str, Schema] = {
     },
     "TokenRequest": {
         "type": "object", "required": ["grant_type"],
-        "properties": {name: {"type": "string"} for name in (
+        "properties": {**{name: {"type": "string"} for name in (
             "grant_type", "client_id", "client_secret", "scope", "username", "password",
             "refresh_token", "code", "redirect_uri", "code_verifier")},
+            "resource": {**_AUD, "description": "RFC 8707: an absolute URI; repeat the parameter "
+                                                "(or send a JSON array) for several."}},
     },
     "TokenResponse": {
         "type": "object", "required": ["access_token", "token_type", "expires_in", "scope"],
@@ -125,7 +144,7 @@ SCHEMAS: dict[str, Schema] = {
                        "client_id": {"type": "string"}, "username": {"type": "string"},
                        "token_type": {"type": "string"}, "exp": {"type": "integer"},
                        "iat": {"type": "integer"}, "sub": {"type": "string"},
-                       "iss": {"type": "string"}},
+                       "iss": {"type": "string"}, "aud": _AUD},
     },
     "Principal": {"type": "object", "properties": {"active": {"type": "boolean"}},
                   "additionalProperties": True},
@@ -133,10 +152,11 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object", "required": ["client_id", "name"],
         "properties": {"client_id": {"type": "string"}, "client_secret": {"type": "string"},
                        "name": {"type": "string"}, "grant_types": {"type": "array"},
-                       "scopes": {"type": "array"}, "redirect_uris": {"type": "array"}},
+                       "scopes": {"type": "array"}, "redirect_uris": {"type": "array"},
+                       **CLIENT_POLICY},
         "additionalProperties": True,
     },
-    "ClientInput": {"type": "object", "additionalProperties": True},
+    "ClientInput": {"type": "object", "properties": CLIENT_POLICY, "additionalProperties": True},
     "User": {
         "type": "object", "required": ["username", "verified"],
         "properties": {"username": {"type": "string"}, "verified": {"type": "boolean"},

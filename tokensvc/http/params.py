@@ -16,9 +16,18 @@ from urllib.parse import parse_qsl
 import orjson
 from starlette.requests import Request
 
-from tokensvc.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from tokensvc.errors import (
+    InvalidRequest,
+    InvalidTarget,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 
 Params = dict[str, str]
+# RFC 8707 §2: `resource` may be sent once per resource server, the one repeatable parameter
+# of the token endpoint.
+TOKEN_LISTS = frozenset({"resource"})
 
 
 def collect(pairs: Iterable[tuple[str, str]], lists: frozenset[str] = frozenset()) -> Params:
@@ -61,7 +70,7 @@ def json_object(body: bytes) -> dict[str, Any]:
     return doc
 
 
-def _json_pairs(body: bytes) -> list[tuple[str, str]]:
+def _json_pairs(body: bytes, lists: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     doc = json_object(body)
     pairs: list[tuple[str, str]] = []
     for name, value in doc.items():
@@ -70,6 +79,12 @@ def _json_pairs(body: bytes) -> list[tuple[str, str]]:
             continue
         if isinstance(value, list) and name == "scope" and all(isinstance(v, str) for v in value):
             value = " ".join(value)
+        if isinstance(value, list) and name in lists and all(isinstance(v, str) for v in value):
+            _utf8(name)
+            for item in value:
+                _utf8(item)
+                pairs.append((name, item))
+            continue
         _utf8(name)
         if not isinstance(value, str):
             raise InvalidRequest(f"The parameter '{name}' must be a string.")
@@ -150,17 +165,26 @@ async def read_document(request: Request, limit: int, timeout: float, *, form: b
                                if form else "Send application/json.")
 
 
-async def read_params(request: Request, limit: int, timeout: float) -> Params:
-    """The body's parameters; 415 for other media types, 413 beyond the limit, 408 too slow."""
+async def read_params(request: Request, limit: int, timeout: float,
+                      lists: frozenset[str] = frozenset()) -> Params:
+    """The body's parameters; 415 for other media types, 413 beyond the limit, 408 too slow.
+    The names in `lists` (a subset of TOKEN_LISTS) may repeat; their values are joined."""
     body = await read_body(request, limit, timeout)
     ctype = media_type(request)
     if ctype == FORM:
         pairs = parse_form(body)
     elif ctype == JSON:
-        pairs = _json_pairs(body) if body.strip() else []
+        pairs = _json_pairs(body, lists) if body.strip() else []
     elif not body:
         pairs = []
     else:
         raise UnsupportedMediaType(
             "Send application/x-www-form-urlencoded or application/json.")
-    return collect(pairs)
+    params = collect(pairs, lists)
+    if "resource" in lists and "resource" in params:
+        # The values are joined by spaces, as OAuth writes lists; no URI holds a space, so a
+        # value that does is malformed, not two resources.
+        for name, value in pairs:
+            if name == "resource" and " " in value:
+                raise InvalidTarget(f"The resource {value[:100]!r} is not an absolute URI (RFC 8707 §2).")
+    return params

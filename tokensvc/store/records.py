@@ -13,6 +13,8 @@ in the key):
     g    grant id
     iat  issued at, epoch ms;  exp  expires at, epoch ms (Redis's TTL is the authority)
     gs   refresh only: the scope originally granted, the ceiling of a narrowed refresh
+    aud  RFC 8707 audience: the resource URIs, sorted and space-separated (absent: any). On a
+         code and a refresh token, the grant's: the ceiling of a narrowed redemption or refresh
     rot  refresh only, set by rotate.lua: when it was rotated (epoch ms), for the grace period
 Code record: the token fields (k = "ac") and
     ru   redirect_uri the code was sent to: the request's, or the client's only registered one
@@ -25,7 +27,9 @@ Reuse record (`tsv:{g:<grant>}:reuse`, finAPI token reuse):
     a    key of the live access token
     sa, sr  the seeds the access (and refresh) token are derived from
     k    id of the server key they were derived under
-Client and user records: the dataclass fields of `models.Client` and `models.User`.
+Client and user records: the dataclass fields of `models.Client` and `models.User`; a field
+added later reads as its default in a record written before it (`introspection` "own",
+`resources` none).
 Consent (field <client id> of `tsv:{u:...}:consents`):  s  scopes approved;  t  when (epoch ms)
 Lockout (login_attempt.lua, login_result.lua): `tsv:{u:...}:fails` the consecutive failed
     password checks, through any client (an integer); `tsv:{u:...}:locked` "1" while the user
@@ -46,13 +50,15 @@ from tokensvc.models import Client, TokenRecord, User
 
 
 def encode_token(kind: str, client_id: str, username: str | None, scope: str, grant_id: str,
-                 issued_at: int, ttl_ms: int) -> bytes:
+                 issued_at: int, ttl_ms: int, aud: str | None = None) -> bytes:
     d: dict[str, Any] = {"k": kind, "c": client_id, "s": scope, "g": grant_id,
                          "iat": issued_at, "exp": issued_at + ttl_ms}
     if username is not None:
         d["u"] = username
     if kind == "rt":
         d["gs"] = scope
+    if aud is not None:
+        d["aud"] = aud
     return orjson.dumps(d)
 
 
@@ -66,16 +72,19 @@ def decode_token(raw: bytes | str | None, kind: str | None = None) -> TokenRecor
     return TokenRecord(
         kind=d["k"], client_id=d["c"], username=d.get("u"), scope=d["s"], grant_id=d["g"],
         issued_at=int(d["iat"]), expires_at=int(d["exp"]), rotated_at=d.get("rot"),
+        audience=d.get("aud"),
     )
 
 
 def encode_code(client_id: str, username: str, scope: str, grant_id: str, redirect_uri: str,
                 redirect_uri_sent: bool, challenge: str | None, method: str | None,
-                issued_at: int, ttl_ms: int) -> bytes:
+                issued_at: int, ttl_ms: int, aud: str | None = None) -> bytes:
     d: dict[str, Any] = {"k": "ac", "c": client_id, "u": username, "s": scope, "g": grant_id,
                          "ru": redirect_uri, "iat": issued_at, "exp": issued_at + ttl_ms}
     if not redirect_uri_sent:
         d["ro"] = 1
+    if aud is not None:
+        d["aud"] = aud
     if challenge is not None:
         d["cc"] = challenge
         d["ccm"] = method or "plain"
@@ -109,6 +118,10 @@ def decode_client(raw: bytes | str) -> Client:
         d[name] = tuple(sys.intern(v) for v in d[name])
     d["redirect_uris"] = tuple(d["redirect_uris"])
     d["token_endpoint_auth_method"] = sys.intern(d["token_endpoint_auth_method"])
+    if "introspection" in d:
+        d["introspection"] = sys.intern(d["introspection"])
+    if "resources" in d:
+        d["resources"] = tuple(d["resources"])
     return Client(**d)
 
 

@@ -50,14 +50,15 @@ class TokenStore(Invalidation):
     @map_redis_errors
     async def redeem(self, grant_id: str, code: str, new_access: str, new_refresh: str,
                      client_id: str, redirect_uri: str, verifier: str, verifier_s256: str,
-                     access_ttl_ms: int, refresh_ttl_ms: int, with_refresh: bool) -> list[str]:
+                     access_ttl_ms: int, refresh_ttl_ms: int, with_refresh: bool,
+                     resources: str = "") -> list[str]:
         """redeem.lua; the answer's first item names the outcome."""
         out = await self._write(
             "redeem",
             [keys.token(grant_id, code), keys.grant_index(grant_id),
              keys.token(grant_id, new_access), keys.token(grant_id, new_refresh)],
             [client_id, redirect_uri, verifier, verifier_s256, access_ttl_ms, refresh_ttl_ms,
-             "1" if with_refresh else "0"],
+             "1" if with_refresh else "0", resources],
             hot=False,
         )
         return [text(x) for x in out]
@@ -65,13 +66,13 @@ class TokenStore(Invalidation):
     @map_redis_errors
     async def rotate(self, grant_id: str, presented: str, new_access: str, new_refresh: str,
                      client_id: str, scope: str, access_ttl_ms: int, refresh_ttl_ms: int,
-                     grace_ms: int) -> list[str]:
+                     grace_ms: int, resources: str = "") -> list[str]:
         """rotate.lua; the answer's first item names the outcome."""
         out = await self._write(
             "rotate",
             [keys.token(grant_id, presented), keys.grant_index(grant_id), keys.reuse(grant_id),
              keys.token(grant_id, new_access), keys.token(grant_id, new_refresh)],
-            [client_id, scope, access_ttl_ms, refresh_ttl_ms, grace_ms])
+            [client_id, scope, access_ttl_ms, refresh_ttl_ms, grace_ms, resources])
         result = [text(x) for x in out]
         if result[0] in ("OK", "REUSED") and result[-1] == "1":
             await self._invalidate(grant_name(grant_id))

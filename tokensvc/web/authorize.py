@@ -130,7 +130,7 @@ class AuthorizeEndpoints:
         csrf, fresh = self.pages.visitor_csrf(request)
         # The login POST redirects to the client when consent is remembered: form-action must admit it.
         response = self.page("login.html", status, form_target=self.form_target(req.redirect_uri),
-                             client=req.client, hidden=req.raw, error=error, username=username,
+                             client=req.client, hidden=req.hidden, error=error, username=username,
                              csrf=csrf)
         self.pages.set_visitor(response, fresh)
         return response
@@ -139,9 +139,10 @@ class AuthorizeEndpoints:
         described = [(s, self.descriptions.get(s, f"Use the “{s}” permission"))
                      for s in sorted(req.scope_set)]
         return self.page("consent.html", form_target=self.form_target(req.redirect_uri),
-                         client=req.client, hidden=req.raw, scopes=described, username=username,
+                         client=req.client, hidden=req.hidden, scopes=described, username=username,
                          csrf=self.csrf_for(sid), website=req.client.website,
-                         next="/oauth/authorize?" + urlencode(req.raw))
+                         resources=req.aud.split(" ") if req.aud else [],
+                         next="/oauth/authorize?" + urlencode(req.hidden))
 
     async def consented(self, username: str, req: AuthRequest) -> bool:
         if req.prompt == "consent" or self.settings.consent_ttl == 0:
@@ -152,7 +153,8 @@ class AuthorizeEndpoints:
 
     async def approve(self, req: AuthRequest, username: str, status: int) -> Response:
         code = await issue_code(self.svc.tokens, req.client, username, req.scope,
-                                req.redirect_uri, req.redirect_uri_sent, req.challenge, req.method)
+                                req.redirect_uri, req.redirect_uri_sent, req.challenge, req.method,
+                                req.aud)
         return self.redirect(req, {"code": code}, status)
 
     async def _user(self, session: Session, req: AuthRequest) -> User | None:

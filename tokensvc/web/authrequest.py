@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from tokensvc import pkce, scopes
-from tokensvc.errors import InvalidScope, OAuthError
+from tokensvc import pkce, resources, scopes
+from tokensvc.errors import InvalidScope, InvalidTarget, OAuthError
 from tokensvc.http.params import parse_form, read_body
 from tokensvc.models import Client
 from tokensvc.services import Services
@@ -62,10 +62,19 @@ class AuthRequest:
     method: str | None
     prompt: str | None
     raw: dict[str, str]
+    # RFC 8707: the resources as asked (each once), and the audience the code will carry.
+    resources: tuple[str, ...] = ()
+    aud: str | None = None
 
     @property
     def scope_set(self) -> frozenset[str]:
         return frozenset(self.scope.split()) if self.scope else frozenset()
+
+    @property
+    def hidden(self) -> list[tuple[str, str]]:
+        """The request as the forms carry it along: each parameter once, `resource` once per
+        resource."""
+        return [*self.raw.items(), *(("resource", uri) for uri in self.resources)]
 
 
 def multi(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
@@ -123,8 +132,9 @@ async def parse(svc: Services,
     raw = {name: values[0] for name, values in params.items()
            if name in REQUEST_PARAMS and len(values) == 1}
     state = raw.get("state")
+    asked = tuple(dict.fromkeys(params.get("resource", ())))
     req = AuthRequest(client, redirect_uri, sent, scopes.fmt(client.scopes), state, None, None,
-                      None, raw)
+                      None, raw, asked)
     try:
         return _check(req, params, svc.settings.allow_plain_pkce)
     except RedirectError as exc:
@@ -156,5 +166,11 @@ def _check(req: AuthRequest, params: Mapping[str, list[str]], allow_plain_pkce: 
     prompt = req.raw.get("prompt")
     if prompt is not None and prompt not in _PROMPTS:
         raise RedirectError("invalid_request", "prompt must be none, login or consent.")
+    try:
+        # RFC 8707 §2: absolute URIs, and ones the client may ask for.
+        aud = resources.audience(resources.check(req.resources) if req.resources else None,
+                                 client.resources)
+    except InvalidTarget as exc:
+        raise RedirectError("invalid_target", exc.description) from None
     return AuthRequest(client, req.redirect_uri, req.redirect_uri_sent, scope, req.state,
-                       challenge, method, prompt, req.raw)
+                       challenge, method, prompt, req.raw, req.resources, aud)

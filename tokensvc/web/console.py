@@ -150,6 +150,7 @@ class Console(ConsoleAuth):
                     "redirect_uris": form.get("redirect_uris", "").split(),
                     "scopes": form.get("scopes", "").split(),
                     "website": form.get("website") or None,
+                    "resources": form.get("resources", "").split(),
                 })
                 done = "edited"
             elif action == "configure":
@@ -271,4 +272,6 @@ def _configuration(form: dict[str, str]) -> dict[str, Any]:
     reuse = form.get("reuse_tokens", "default")
     doc["reuse_tokens"] = {"on": True, "off": False}.get(reuse)
     doc["require_verified_users"] = form.get("require_verified_users") == "yes"
+    # The least a form that lost the field can mean: the client's own tokens.
+    doc["introspection"] = form.get("introspection", "own")
     return doc

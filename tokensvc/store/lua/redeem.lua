@@ -1,5 +1,5 @@
 -- redeem.lua: RFC 6749 §4.1.3 code redemption with RFC 7636 PKCE, single use.
--- Record fields (k, c, u, s, g, iat, exp, gs, rot, ru, ro, cc, ccm, used): tokensvc/store/records.py.
+-- Record fields (k, c, u, s, g, iat, exp, gs, aud, rot, ru, ro, cc, ccm, used): tokensvc/store/records.py.
 -- PKCE's rules and the S256 transform are tokensvc/pkce.py's; this script only compares.
 -- KEYS[1]=code key  KEYS[2]=grant index  KEYS[3]=new access key  KEYS[4]=new refresh key
 -- (all in the code's {g:...} slot)
@@ -7,9 +7,10 @@
 -- ARGV[3]=code_verifier ('' = none sent)
 -- ARGV[4]=base64url(SHA-256(code_verifier))  ARGV[5]=access TTL ms  ARGV[6]=refresh TTL ms
 -- ARGV[7]='1' to issue a refresh token too
+-- ARGV[8]=requested resources, sorted and space-separated ('' = as authorized)
 -- Returns {'OK', username, scope, now ms} or
--- {'UNKNOWN'|'REPLAY'|'CLIENT'|'NO_REDIRECT'|'REDIRECT'|'PKCE'}; only REDIRECT and PKCE spend
--- the code.
+-- {'UNKNOWN'|'REPLAY'|'CLIENT'|'NO_REDIRECT'|'REDIRECT'|'PKCE'|'TARGET'}; only REDIRECT and PKCE
+-- spend the code.
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {'UNKNOWN'} end
 local rec = cjson.decode(raw)
@@ -45,19 +46,34 @@ if bad then
   if wrong_uri then return {'REDIRECT'} end
   return {'PKCE'}
 end
+-- RFC 8707 §2.2: the token request may narrow the audience bound to the code, not widen it.
+-- The code is not spent: the request came from its client, with its verifier.
+local aud = rec.aud
+if ARGV[8] ~= '' then
+  if rec.aud then
+    local have = {}
+    for r in string.gmatch(rec.aud, '%S+') do have[r] = true end
+    for r in string.gmatch(ARGV[8], '%S+') do
+      if not have[r] then return {'TARGET'} end
+    end
+  end
+  aud = ARGV[8]
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 rec.used = now
 redis.call('SET', KEYS[1], cjson.encode(rec), 'KEEPTTL')
 local at_ttl = tonumber(ARGV[5])
 local rt_ttl = tonumber(ARGV[6])
-local access = {k = 'at', c = rec.c, u = rec.u, s = rec.s, g = rec.g, iat = now, exp = now + at_ttl}
+local access = {k = 'at', c = rec.c, u = rec.u, s = rec.s, g = rec.g, iat = now, exp = now + at_ttl,
+                aud = aud}
 redis.call('SET', KEYS[3], cjson.encode(access), 'PX', at_ttl)
 redis.call('SADD', KEYS[2], KEYS[3])
 local keep = at_ttl
 if ARGV[7] == '1' then
+  -- The refresh token keeps the whole grant's audience, for later narrower refreshes.
   local refresh = {k = 'rt', c = rec.c, u = rec.u, s = rec.s, gs = rec.s, g = rec.g,
-                   iat = now, exp = now + rt_ttl}
+                   iat = now, exp = now + rt_ttl, aud = rec.aud}
   redis.call('SET', KEYS[4], cjson.encode(refresh), 'PX', rt_ttl)
   redis.call('SADD', KEYS[2], KEYS[4])
   keep = math.max(at_ttl, rt_ttl)

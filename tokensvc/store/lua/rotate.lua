@@ -1,11 +1,12 @@
 -- rotate.lua: refresh token rotation with reuse detection (RFC 9700 §4.14.2).
--- Record fields (k, c, u, s, g, iat, exp, gs, rot, ru, ro, cc, ccm, used): tokensvc/store/records.py.
+-- Record fields (k, c, u, s, g, iat, exp, gs, aud, rot, ru, ro, cc, ccm, used): tokensvc/store/records.py.
 -- KEYS[1]=presented refresh key  KEYS[2]=grant index  KEYS[3]=reuse key
 -- KEYS[4]=new access key  KEYS[5]=new refresh key (all in the same {g:...} slot)
 -- ARGV[1]=client id  ARGV[2]=requested scope ('' = as originally granted)
 -- ARGV[3]=access TTL ms  ARGV[4]=refresh TTL ms  ARGV[5]=grace ms
+-- ARGV[6]=requested resources, sorted and space-separated ('' = the grant's audience)
 -- Returns {'OK', username or '', access scope, now ms, reuse record deleted (0/1)},
--- {'REUSED', reuse record deleted (0/1)} or {'UNKNOWN'|'CLIENT'|'SCOPE'}.
+-- {'REUSED', reuse record deleted (0/1)} or {'UNKNOWN'|'CLIENT'|'SCOPE'|'TARGET'}.
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {'UNKNOWN'} end
 local rec = cjson.decode(raw)
@@ -35,12 +36,26 @@ else
     if not have[s] then return {'SCOPE'} end
   end
 end
+-- RFC 8707 §2.2: a refresh may ask for a subset of the grant's audience, never more. The
+-- refresh token carries the grant's audience on to its successor; the access token, the asked.
+local aud = rec.aud
+if ARGV[6] ~= '' then
+  if rec.aud then
+    local have = {}
+    for r in string.gmatch(rec.aud, '%S+') do have[r] = true end
+    for r in string.gmatch(ARGV[6], '%S+') do
+      if not have[r] then return {'TARGET'} end
+    end
+  end
+  aud = ARGV[6]
+end
 local at_ttl = tonumber(ARGV[3])
 local rt_ttl = tonumber(ARGV[4])
 local user = rec.u
-local access = {k = 'at', c = rec.c, u = user, s = scope, g = rec.g, iat = now, exp = now + at_ttl}
+local access = {k = 'at', c = rec.c, u = user, s = scope, g = rec.g, iat = now, exp = now + at_ttl,
+                aud = aud}
 local refresh = {k = 'rt', c = rec.c, u = user, s = granted, gs = granted, g = rec.g,
-                 iat = now, exp = now + rt_ttl}
+                 iat = now, exp = now + rt_ttl, aud = rec.aud}
 if not rec.rot then
   rec.rot = now
   redis.call('SET', KEYS[1], cjson.encode(rec), 'KEEPTTL')
