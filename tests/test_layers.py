@@ -88,3 +88,15 @@ def test_no_module_is_over_400_lines() -> None:
     long = {name: n for name, path in modules().items()
             if (n := len(path.read_text().splitlines())) > 400}
     assert long == {}
+
+
+def test_the_resource_kit_stands_alone() -> None:
+    """tokensvc.resource runs inside other apps' APIs: it imports itself and two small pure
+    modules (the LRU, the scope syntax), nothing of the service's layers or wiring."""
+    allowed = ("tokensvc.resource", "tokensvc.lru", "tokensvc.scopes")
+    kit = {name: path for name, path in modules().items() if name.startswith("tokensvc.resource.")}
+    assert {"tokensvc.resource.server", "tokensvc.resource.jwks",
+            "tokensvc.resource.introspection"} <= set(kit)
+    wrong = [f"{name} imports {target}" for name, path in kit.items() for target in imported(path)
+             if not any(target == a or target.startswith(a + ".") for a in allowed)]
+    assert wrong == []
