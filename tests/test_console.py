@@ -380,6 +380,28 @@ async def test_the_client_page_shows_and_sets_introspection_and_resources(
     assert snapshot(scene.redis) == before
 
 
+async def test_the_client_page_shows_and_sets_the_access_token_format(
+        scene: Scene, http: httpx.AsyncClient) -> None:
+    """RFC 9068: the format the client's access tokens have, its own or the default."""
+    console, page = scene.console, clients_page(scene.client_id)
+    shown = (await console.get(page)).text
+    assert '<dd id="access-token-format">opaque (the default)</dd>' in shown
+    assert '<option value="default" selected>Default (opaque)</option>' in shown
+    done = await console.act(page, action="configure", access_token_format="jwt")
+    assert done.status_code == 303, done.text
+    shown = (await console.get(page)).text
+    assert '<dd id="access-token-format">JWT (RFC 9068)</dd>' in shown
+    assert '<option value="jwt" selected>' in shown
+    doc = (await http.get(f"/admin/clients/{scene.client_id}", headers={
+        "Authorization": f"Bearer {ADMIN_KEY}"})).json()
+    assert doc["access_token_format"] == "jwt"
+    done = await console.act(page, action="configure", access_token_format="default")
+    assert done.status_code == 303
+    doc = (await http.get(f"/admin/clients/{scene.client_id}", headers={
+        "Authorization": f"Bearer {ADMIN_KEY}"})).json()
+    assert doc["access_token_format"] is None
+
+
 # -- headers -------------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ KNOWN_ENDPOINTS = {
     "userinfo_endpoint": ("GET", "/oauth/userinfo"),
     "authorization_endpoint": ("GET", "/oauth/authorize"),
     "registration_endpoint": ("POST", "/oauth/register"),
+    "jwks_uri": ("GET", "/.well-known/jwks.json"),
 }
 OTHER_GRANTS = ["implicit", "urn:ietf:params:oauth:grant-type:device_code",
                 "urn:ietf:params:oauth:grant-type:jwt-bearer", "client_credentials ", "PASSWORD"]
@@ -58,6 +59,7 @@ async def test_metadata_document(http: httpx.AsyncClient) -> None:
         "revocation_endpoint": f"{ISSUER}/oauth/revoke",
         "introspection_endpoint": f"{ISSUER}/oauth/introspect",
         "userinfo_endpoint": f"{ISSUER}/oauth/userinfo",
+        "jwks_uri": f"{ISSUER}/.well-known/jwks.json",
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         # `Bearer`: finAPI's `Authorization: Bearer <the client's own access token>`, by its
         # name in the "OAuth Access Token Types" registry, as RFC 8414 §2 allows here.
@@ -298,6 +300,8 @@ CHECKED_MEMBERS = {
     "introspection_endpoint": test_every_listed_endpoint_is_served_and_every_served_one_is_listed,
     "userinfo_endpoint": test_every_listed_endpoint_is_served_and_every_served_one_is_listed,
     "registration_endpoint": test_every_listed_endpoint_is_served_and_every_served_one_is_listed,
+    # Served (above); that its keys verify the JWT access tokens: tests/test_jwt_tokens.py.
+    "jwks_uri": test_every_listed_endpoint_is_served_and_every_served_one_is_listed,
     "grant_types_supported": test_listed_grants_work_and_others_are_unsupported,
     "response_types_supported": test_listed_response_types_and_modes_work,
     "response_modes_supported": test_listed_response_types_and_modes_work,

@@ -19,7 +19,8 @@ WIRING = {"tokensvc.app", "tokensvc.services", "tokensvc.__main__"}
 FORBIDDEN = {
     "domain": ("tokensvc.http", "tokensvc.web", "tokensvc.cli", "tokensvc.app",
                "tokensvc.store.redis", "tokensvc.store.connection", "tokensvc.store.tokens",
-               "tokensvc.store.clients", "tokensvc.store.users", "tokensvc.store.sessions"),
+               "tokensvc.store.clients", "tokensvc.store.users", "tokensvc.store.sessions",
+               "tokensvc.store.signing"),
     "store": ("tokensvc.http", "tokensvc.web", "tokensvc.cli", "tokensvc.app", "tokensvc.services",
               "tokensvc.grants", "tokensvc.issuance", "tokensvc.clients", "tokensvc.registry"),
     "http": ("tokensvc.web", "tokensvc.cli", "tokensvc.app"),

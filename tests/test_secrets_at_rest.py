@@ -160,6 +160,8 @@ async def test_every_token_key_expires(app_factory: AppFactory, redis_db: redis.
     permanent |= {keys.client(c["client_id"]).encode() for c in clients}
     # The key the deployment signs with, by fingerprint (the workers' registry left with them).
     permanent.add(b"tsv:{fleet}:signing")
+    # The JWT signing keys: each leaves the hash when it retires (tokensvc/signing.py).
+    permanent.add(keys.SIGNING_KEYS.encode())
     permanent |= {keys.user(name).encode() for name in PASSWORDS}
     # A failure counter lasts until an admin unlocks (lockout_period 0) or the next good login.
     permanent.add(keys.user_failures("carol").encode())

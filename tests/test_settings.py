@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.support.config import service_env
-from tokensvc import settings
+from tokensvc import keyfiles, settings
 from tokensvc.cli import main
 from tokensvc.settings import OPTIONS, Settings, SettingsError
 
@@ -115,13 +115,13 @@ def test_cluster_needs_a_url() -> None:
 
 def test_generated_keys_are_made_once_and_kept(tmp_path: Path) -> None:
     s = Settings(data_dir=tmp_path / "var")
-    first = settings.with_generated_keys(s)
-    again = settings.with_generated_keys(s)
+    first = keyfiles.with_generated_keys(s)
+    again = keyfiles.with_generated_keys(s)
     assert first.admin_key and len(first.admin_key) >= 32
     assert first.admin_key == again.admin_key and first.secret_keys == again.secret_keys
     assert (tmp_path / "var" / "admin.key").read_text().strip() == first.admin_key
     assert (tmp_path / "var" / "admin.key").stat().st_mode & 0o777 == 0o600
-    given = settings.with_generated_keys(Settings(data_dir=tmp_path / "other", admin_key="k" * 16,
+    given = keyfiles.with_generated_keys(Settings(data_dir=tmp_path / "other", admin_key="k" * 16,
                                                   secret_keys=(KEY_A,)))
     assert given.admin_key == "k" * 16 and given.secret_keys == (KEY_A,)
     assert not (tmp_path / "other").exists()
@@ -141,7 +141,7 @@ def test_an_emptied_or_cut_key_file_is_refused(tmp_path: Path, name: str, conten
     var.mkdir()
     (var / name).write_text(content)
     with pytest.raises(SettingsError) as err:
-        settings.with_generated_keys(Settings(data_dir=var))
+        keyfiles.with_generated_keys(Settings(data_dir=var))
     message = str(err.value)
     assert message.startswith(f"setting {setting} (") and f"the key in {var / name} " in message
     assert (var / name).read_text() == content  # left for the operator to look at

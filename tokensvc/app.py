@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tokensvc import metrics as metrics_mod, settings as settings_mod
+from tokensvc import keyfiles, metrics as metrics_mod, settings as settings_mod
 from tokensvc.errors import OAuthError, StoreUnavailable
 from tokensvc.fleet import KeyMismatch
 from tokensvc.grants import GRANT_TYPES
@@ -40,7 +40,7 @@ log = logging.getLogger("tokensvc")
 
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app; with no argument, settings come from `TOKENSVC_*` (uvicorn's factory mode)."""
-    settings = settings_mod.with_generated_keys(settings or settings_mod.load())
+    settings = keyfiles.with_generated_keys(settings or settings_mod.load())
     svc = Services.build(settings)
     oauth = OAuthEndpoints(svc)
     principal = PrincipalEndpoints(svc)
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/login", principal.principal, methods=["POST"]),
         Route("/oauth/userinfo", principal.principal, methods=["GET"]),
         Route("/.well-known/oauth-authorization-server", discovery.metadata, methods=["GET"]),
+        Route("/.well-known/jwks.json", discovery.jwks, methods=["GET"]),
         Route("/healthz", discovery.healthz, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/readyz", discovery.readyz, methods=["GET"]),
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/admin/clients/{client_id}", admin.client, methods=["GET", "PATCH", "DELETE"]),
         Route("/admin/clients/{client_id}/secret", admin.client_secret, methods=["POST"]),
         Route("/admin/users", admin.users, methods=["POST"]),
+        Route("/admin/signing-keys/rotate", admin.rotate_signing_key, methods=["POST"]),
         # `:path`: a username may hold '/' (sent as %2F, which the path arrives decoded from).
         Route("/admin/users/{username:path}/unlock", admin.unlock, methods=["POST"]),
         Route("/admin/users/{username:path}", admin.user, methods=["GET", "PATCH", "DELETE"]),
@@ -116,6 +118,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             log.critical("%s", exc)
             await svc.store.close()
             raise
+        try:
+            await svc.signer.refresh()  # under the server key the fleet chose, just above
+        except StoreUnavailable:
+            pass  # signer.run() reads the keys once Redis answers; JWTs are 503 until then
         await svc.hasher.prepare()
         # Everything built at start-up lives as long as the worker: moving it out of the
         # collector's sight makes each full collection (a pause in every request in flight)
@@ -126,13 +132,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         assert settings.redis_url is not None  # noqa: S101
         listener = asyncio.create_task(svc.clients.listen(settings.redis_url,
                                                           settings.redis_timeout))
-        tasks = [listener, asyncio.create_task(svc.usage.run()), asyncio.create_task(svc.fleet.run())]
+        tasks = [listener, asyncio.create_task(svc.usage.run()), asyncio.create_task(svc.fleet.run()),
+                 asyncio.create_task(svc.signer.run())]
         if settings.metrics:
             tasks.append(asyncio.create_task(metrics_mod.flush_forever()))
         try:
             yield
         finally:
             svc.fleet.stop()
+            svc.signer.stop()
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -4,6 +4,10 @@ A grant's module owns its flow (grants/); what they share is here: how long toke
 lone token or a new grant is written, and, when the client asks for it, reuse: identical
 requests are handed the same live tokens instead of new ones. Time is taken once per request;
 records carry epoch milliseconds, while Redis TTLs are the authority on expiry.
+
+An access token is opaque (tokens.py) or, for a client whose format is `jwt`, an RFC 9068 JWT
+signed in memory (signing.py) and recorded under its jti (jwtaccess.py); everything else about
+it (its record, grant, reuse, rotation, revocation) is the same.
 """
 
 from __future__ import annotations
@@ -12,13 +16,25 @@ import time
 from dataclasses import dataclass
 
 from tokensvc.clients import ClientDirectory
+from tokensvc.jwtaccess import access_claims, new_jti
+from tokensvc.keyring import REUSED_TOKENS
 from tokensvc.lru import LRU
 from tokensvc.models import Client, TokenResponse
 from tokensvc.settings import Settings
+from tokensvc.signing import Signer
 from tokensvc.storage import TokenStorage
 from tokensvc.store import keys, records
 from tokensvc.store.invalidation import grant_of
-from tokensvc.tokens import ACCESS, REFRESH, Minted, TokenCodec, derived_grant_id, new_grant_id, new_seed
+from tokensvc.tokens import (
+    ACCESS,
+    REFRESH,
+    Minted,
+    TokenCodec,
+    derived_grant_id,
+    digest,
+    new_grant_id,
+    new_seed,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +46,16 @@ class _Reused:
     until: int
 
 
+@dataclass(frozen=True, slots=True)
+class PendingAccess:
+    """An access token settled before the script that writes its record: an opaque token, or
+    a JWT's jti, signed once the script has said who and what the token is for."""
+
+    token: str | None
+    jti: str | None
+    digest: str
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -38,11 +64,12 @@ class TokenWriter:
     """Mints tokens for a client (and user) and persists them in the grant's hash slot."""
 
     def __init__(self, store: TokenStorage, codec: TokenCodec, clients: ClientDirectory,
-                 settings: Settings) -> None:
+                 settings: Settings, signer: Signer) -> None:
         self.store = store
         self.codec = codec
         self.clients = clients
         self.settings = settings
+        self.signer = signer
         # finAPI reuse, per worker: grant id -> the live answer and until when (epoch ms) it
         # may be handed out (while at least half its lifetime is left). Trusted only while the
         # invalidation channel is live; every deletion of a reuse record in Redis (revocation,
@@ -69,6 +96,44 @@ class TokenWriter:
     def reuses(self, client: Client) -> bool:
         return self.settings.reuse_tokens if client.reuse_tokens is None else client.reuse_tokens
 
+    def jwt(self, client: Client) -> bool:
+        """RFC 9068 JWT access tokens for this client (its own choice, else the deployment's)."""
+        return (client.access_token_format or self.settings.access_token_format) == "jwt"
+
+    async def prepare(self, client: Client) -> None:
+        """Before a JWT is promised: signing keys read recently enough, and published as long
+        as this client's tokens live (signing.py). Nothing to ask Redis in the steady state."""
+        ttl = self.access_ttl(client) * 1000
+        if not self.signer.ready(ttl):
+            await self.signer.prepare(ttl)
+
+    def new_access(self, client: Client, grant_id: str) -> PendingAccess:
+        """The access token a script is about to record (rotation, code redemption); a JWT
+        needs `prepare` first, and `finish` after."""
+        if self.jwt(client):
+            jti = new_jti(grant_id)
+            return PendingAccess(None, jti, digest(jti))
+        access = self.codec.mint(ACCESS, grant_id)
+        return PendingAccess(access.token, None, access.digest)
+
+    def finish(self, pending: PendingAccess, client: Client, username: str | None, scope: str,
+               aud: str | None, issued_ms: int, ttl_ms: int) -> str:
+        """The token itself: the opaque one, or the JWT signed with what its record says."""
+        if pending.token is not None:
+            return pending.token
+        # Type narrowing: new_access() gives a jti whenever it gives no token.
+        assert pending.jti is not None  # noqa: S101
+        return self.signer.sign(access_claims(self.settings.issuer_url, client.client_id, username,
+                                              scope, aud, issued_ms, ttl_ms, pending.jti))
+
+    async def _signed(self, client: Client, username: str | None, scope: str, aud: str | None,
+                      grant_id: str, now: int, ttl_ms: int) -> tuple[str, str]:
+        """A JWT access token, signed now, and the key of its record."""
+        await self.prepare(client)
+        pending = self.new_access(client, grant_id)
+        token = self.finish(pending, client, username, scope, aud, now, ttl_ms)
+        return token, keys.token(grant_id, pending.digest)
+
     async def lone(self, client: Client, scope: str, aud: str | None = None) -> TokenResponse:
         """An access token for the client itself (for the audience `aud`, RFC 8707): nothing to
         index (the hot path: one SET)."""
@@ -78,13 +143,16 @@ class TokenWriter:
                 return reused
         at_ttl = self.access_ttl(client) * 1000
         grant_id = new_grant_id()
-        access = self.codec.mint(ACCESS, grant_id)
+        now = now_ms()
+        if self.jwt(client):
+            token, key = await self._signed(client, None, scope, aud, grant_id, now, at_ttl)
+        else:
+            access = self.codec.mint(ACCESS, grant_id)
+            token, key = access.token, keys.token(grant_id, access.digest)
         await self.store.put_token(
-            keys.token(grant_id, access.digest),
-            records.encode_token(ACCESS, client.client_id, None, scope, grant_id, now_ms(), at_ttl,
-                                 aud),
+            key, records.encode_token(ACCESS, client.client_id, None, scope, grant_id, now, at_ttl, aud),
             at_ttl)
-        return TokenResponse(access.token, at_ttl // 1000, scope)
+        return TokenResponse(token, at_ttl // 1000, scope)
 
     async def grant(self, client: Client, username: str, scope: str, with_refresh: bool,
                     aud: str | None = None) -> TokenResponse:
@@ -98,10 +166,13 @@ class TokenWriter:
         rt_ttl = self.refresh_ttl(client) * 1000 if with_refresh else 0
         now = now_ms()
         grant_id = new_grant_id()
-        access = self.codec.mint(ACCESS, grant_id)
-        written = [(keys.token(grant_id, access.digest),
-                    records.encode_token(ACCESS, client.client_id, username, scope, grant_id, now,
-                                         at_ttl, aud), at_ttl)]
+        if self.jwt(client):
+            token, key = await self._signed(client, username, scope, aud, grant_id, now, at_ttl)
+        else:
+            access = self.codec.mint(ACCESS, grant_id)
+            token, key = access.token, keys.token(grant_id, access.digest)
+        written = [(key, records.encode_token(ACCESS, client.client_id, username, scope, grant_id,
+                                              now, at_ttl, aud), at_ttl)]
         refresh: str | None = None
         if with_refresh:
             minted = self.codec.mint(REFRESH, grant_id)
@@ -111,7 +182,7 @@ class TokenWriter:
                                                  grant_id, now, rt_ttl, aud), rt_ttl))
         await self.store.issue(grant_id, written)
         await self.store.link_user_grant(username, grant_id, max(at_ttl, rt_ttl))
-        return TokenResponse(access.token, at_ttl // 1000, scope, refresh)
+        return TokenResponse(token, at_ttl // 1000, scope, refresh)
 
     async def _reusable(self, client: Client, username: str | None, scope: str,
                         with_refresh: bool, aud: str | None) -> TokenResponse | None:
@@ -119,14 +190,23 @@ class TokenWriter:
         Identical means the same client, user, scope set and audience: a token for one resource
         server is never handed to a request for another.
 
-        None only when the live token was derived under a server key that is no longer
-        configured; the caller then issues an ordinary token.
+        A JWT cannot be derived again (its signature is not deterministic), so the reuse record
+        keeps the JWT itself, sealed under a server subkey (keyring.py): a copy of Redis still
+        yields no usable token. JWT and opaque requests meet on different grants, so a client
+        whose format changes gets a token of its new format.
+
+        None only when the live token was derived or sealed under a server key that is no
+        longer configured; the caller then issues an ordinary token.
         """
         at_ttl = self.access_ttl(client) * 1000
         rt_ttl = self.refresh_ttl(client) * 1000
         now = now_ms()
         parts = (client.client_id, username or "", scope)
-        grant_id = derived_grant_id("reuse", *parts, aud) if aud else derived_grant_id("reuse", *parts)
+        jwt = self.jwt(client)
+        if jwt:
+            grant_id = derived_grant_id("reuse-jwt", *parts, aud or "")
+        else:
+            grant_id = derived_grant_id("reuse", *parts, aud) if aud else derived_grant_id("reuse", *parts)
         cached = self._reused.get(grant_id) if self.clients.live else None
         if cached is not None:
             if now < cached.until:
@@ -134,11 +214,18 @@ class TokenWriter:
                                      cached.refresh)
             self._reused.pop(grant_id)
         epoch = self.clients.epoch
-        at_seed = new_seed()
-        access = self.codec.derive(ACCESS, grant_id, at_seed)
-        # Type narrowing: derive() without a key id uses the signing key, which always exists.
-        assert access is not None  # noqa: S101
-        at_key = keys.token(grant_id, access.digest)
+        keyring = self.codec.keyring
+        at_seed: str | None = None
+        sealed: str | None = None
+        if jwt:
+            access, at_key = await self._signed(client, username, scope, aud, grant_id, now, at_ttl)
+            sealed = keyring.seal(REUSED_TOKENS, access.encode("ascii"), grant_id.encode())
+        else:
+            at_seed = new_seed()
+            derived = self.codec.derive(ACCESS, grant_id, at_seed)
+            # Type narrowing: derive() without a key id uses the signing key, which always exists.
+            assert derived is not None  # noqa: S101
+            access, at_key = derived.token, keys.token(grant_id, derived.digest)
         tokens = [(at_key, records.encode_token(ACCESS, client.client_id, username, scope,
                                                 grant_id, now, at_ttl, aud), at_ttl)]
         refresh: Minted | None = None
@@ -150,24 +237,28 @@ class TokenWriter:
             tokens.append((keys.token(grant_id, refresh.digest),
                            records.encode_token(REFRESH, client.client_id, username, scope,
                                                 grant_id, now, rt_ttl, aud), rt_ttl))
-        reuse = records.encode_reuse(at_ttl, at_key, at_seed, rt_seed, self.codec.key_id)
+        reuse = records.encode_reuse(at_ttl, at_key, at_seed, rt_seed, self.codec.key_id, sealed)
         found = await self.store.reuse_or_issue(grant_id, reuse, at_ttl, tokens)
         if username is not None:
             await self.store.link_user_grant(username, grant_id, max(at_ttl, rt_ttl))
         if found is None:
-            self._remember(grant_id, client, access.token, refresh, at_ttl, now, now + at_ttl, epoch)
-            return TokenResponse(access.token, at_ttl // 1000, scope,
-                                 refresh.token if refresh else None)
+            self._remember(grant_id, client, access, refresh, at_ttl, now, now + at_ttl, epoch)
+            return TokenResponse(access, at_ttl // 1000, scope, refresh.token if refresh else None)
         live, left_ms = found
-        lifetime, live_at_seed, live_rt_seed, key_id = records.decode_reuse(live)
-        access = self.codec.derive(ACCESS, grant_id, live_at_seed, key_id)
-        if access is None:
-            return None
+        lifetime, live_at_seed, live_rt_seed, key_id, live_sealed = records.decode_reuse(live)
+        if live_sealed is not None:
+            opened = keyring.unseal(REUSED_TOKENS, live_sealed, grant_id.encode())
+            live_access = None if opened is None else opened.decode("ascii")
+        else:
+            derived = (None if live_at_seed is None
+                       else self.codec.derive(ACCESS, grant_id, live_at_seed, key_id))
+            live_access = None if derived is None else derived.token
         refresh = (None if live_rt_seed is None
                    else self.codec.derive(REFRESH, grant_id, live_rt_seed, key_id))
-        self._remember(grant_id, client, access.token, refresh, lifetime, now, now + left_ms, epoch)
-        return TokenResponse(access.token, left_ms // 1000, scope,
-                             refresh.token if refresh else None)
+        if live_access is None or (live_rt_seed is not None and refresh is None):
+            return None
+        self._remember(grant_id, client, live_access, refresh, lifetime, now, now + left_ms, epoch)
+        return TokenResponse(live_access, left_ms // 1000, scope, refresh.token if refresh else None)
 
     def _remember(self, grant_id: str, client: Client, access: str, refresh: Minted | None,
                   lifetime_ms: int, now: int, expires_at: int, epoch: int) -> None:

@@ -7,8 +7,9 @@ starts signing only once no instance would refuse what it signs, and the fleet i
 into instances that reject each other's tokens.
 
 Everything the deployment derives from its keys goes through here: token tags (tokens.py),
-the keyed verifiers of client secrets, and the CSRF tokens of the HTML forms. Each use has its
-own subkey, HMAC(server key, purpose), so one value can never be replayed as another.
+the keyed verifiers of client secrets, the CSRF tokens of the HTML forms, and what it keeps in
+Redis encrypted (JWT signing keys, reused JWTs: `seal`). Each use has its own subkey,
+HMAC(server key, purpose), so one value can never be replayed as another.
 
 Fingerprints name keys in Redis without revealing them: HMAC(key, "fingerprint"), 64 bits.
 """
@@ -16,9 +17,18 @@ Fingerprints name keys in Redis without revealing them: HMAC(key, "fingerprint")
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
+import os
 from collections.abc import Sequence
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+# What `seal` encrypts, each under its own subkey.
+SIGNING_KEYS = b"signing key encryption"
+REUSED_TOKENS = b"reused token encryption"
 
 
 def key_id(key: str) -> str:
@@ -50,6 +60,9 @@ class Keyring:
         self._verifier_keys = {kid: _subkey(k, b"client secret verifier")
                                for kid, k in zip(self.ids, self.keys, strict=True)}
         self._csrf_keys = tuple(_subkey(k, b"csrf") for k in self.keys)
+        self._aeads = {(kid, purpose): AESGCM(_subkey(k, purpose))
+                       for kid, k in zip(self.ids, self.keys, strict=True)
+                       for purpose in (SIGNING_KEYS, REUSED_TOKENS)}
 
     @property
     def signing_id(self) -> str:
@@ -97,3 +110,30 @@ class Keyring:
             ok |= hmac.compare_digest(expected, presented)
         return ok
 
+    # -- what Redis keeps encrypted ---------------------------------------------------------
+
+    def seal(self, purpose: bytes, data: bytes, context: bytes) -> str:
+        """`<key id>.<base64url(nonce | AES-256-GCM ciphertext)>` under the signing key's subkey
+        for `purpose`; `context` (what the value belongs to) is authenticated, so a sealed value
+        moved to another record does not open there."""
+        kid = self.signing_id
+        nonce = os.urandom(12)
+        sealed = self._aeads[kid, purpose].encrypt(nonce, data, context)
+        return f"{kid}.{base64.urlsafe_b64encode(nonce + sealed).decode('ascii')}"
+
+    def unseal(self, purpose: bytes, sealed: str, context: bytes) -> bytes | None:
+        """The sealed value; None when its server key is no longer listed or it was altered."""
+        kid, _, body = sealed.partition(".")
+        aead = self._aeads.get((kid, purpose))
+        if aead is None:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(body)
+            return aead.decrypt(raw[:12], raw[12:], context)
+        except (InvalidTag, binascii.Error, ValueError):
+            return None
+
+    @staticmethod
+    def sealed_under(sealed: str) -> str:
+        """The id of the server key a sealed value is under."""
+        return sealed.partition(".")[0]

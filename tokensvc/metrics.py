@@ -81,6 +81,12 @@ LOCKOUTS = Counter("tokensvc_lockouts", "Users locked after too many failed logi
 CODES = Counter("tokensvc_authorization_codes", "Authorization codes by event.", ["event"])
 REFRESH_REUSE = Counter("tokensvc_refresh_reuse_detected",
                         "Rotated refresh tokens presented again (the grant was revoked).")
+SIGNING_KEY_AGE = Gauge("tokensvc_signing_key_age_seconds",
+                        "Seconds since the JWT signing key in use began signing (read every "
+                        "signing_key_refresh seconds).", multiprocess_mode="livemax")
+SIGNING_KEYS_PUBLISHED = Gauge("tokensvc_signing_keys_published",
+                               "JWT signing keys in the JWKS (next, active and still-valid old "
+                               "ones).", multiprocess_mode="livemax")
 BUILD_INFO = Gauge("tokensvc_build_info", "Version of tokensvc, Python and redis-py.",
                    ["version", "python", "redis_py"], multiprocess_mode="max")
 
@@ -111,7 +117,8 @@ def configure(enabled: bool, client_label: bool, grant_types: tuple[str, ...] = 
         _bounds.clear()
         _counts.clear()
         _observed.clear()
-        for metric in (IN_FLIGHT, SECRET_CACHE_HITS, LOCKOUTS, REFRESH_REUSE):
+        for metric in (IN_FLIGHT, SECRET_CACHE_HITS, LOCKOUTS, REFRESH_REUSE, SIGNING_KEY_AGE,
+                       SIGNING_KEYS_PUBLISHED):
             metric._metric_init()
     if enabled:
         BUILD_INFO.labels(__version__, platform.python_version(), redis.__version__).set(1)
@@ -263,6 +270,13 @@ def code_event(event: str) -> None:
 def refresh_reuse() -> None:
     if ENABLED:
         _count(REFRESH_REUSE)
+
+
+def signing_keys(age_seconds: float, published: int) -> None:
+    """Set on every reading of the signing keys (a few seconds apart), not per request."""
+    if ENABLED:
+        SIGNING_KEY_AGE.set(age_seconds)
+        SIGNING_KEYS_PUBLISHED.set(published)
 
 
 def store_operation(operation: str, seconds: float, failed: bool) -> None:

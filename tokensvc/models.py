@@ -35,6 +35,9 @@ class Client:
     # request naming none gets all of them as its audience. Empty: any resource, and no
     # audience unless one is asked for.
     resources: tuple[str, ...] = ()
+    # RFC 9068: "jwt" (self-contained access tokens signed by the deployment's key) or
+    # "opaque" (tsv_at_...); None follows TOKENSVC_ACCESS_TOKEN_FORMAT.
+    access_token_format: str | None = None
 
     @property
     def is_public(self) -> bool:
@@ -75,6 +78,23 @@ class TokenRecord:
     rotated_at: int | None = None
     # RFC 8707: the resource URIs the token is for, sorted and space-separated; None: any.
     audience: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeyRecord:
+    """A JWT signing key as Redis keeps it (records.py); times are epoch milliseconds."""
+
+    kid: str
+    alg: str
+    jwk: dict[str, str]  # the public key's members (kty, crv, x, and y for EC)
+    created: int
+    activates: int
+    # The longest lifetime (ms) of a token it may have signed: it stays published that long
+    # (and a margin) after the next key takes over.
+    longest: int
+    sealed: str  # the private key, AES-256-GCM under a server subkey (keyring.py)
+    superseded: int | None = None  # when the next key activates
+    retires: int | None = None  # when it leaves the JWKS and Redis
 
 
 @dataclass(frozen=True, slots=True)

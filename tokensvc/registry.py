@@ -19,14 +19,15 @@ from tokensvc.grants import GRANT_TYPES
 from tokensvc.hashing import Hasher
 from tokensvc.models import AUTH_METHODS, Client, Lockout, User
 from tokensvc.scopes import is_scope_token
-from tokensvc.settings import MAX_TTL
+from tokensvc.settings import ACCESS_TOKEN_FORMATS, MAX_TTL
 from tokensvc.storage import RegistryStorage
 
 SECRET_PREFIX = "tsv_cs_"  # noqa: S105 -- the public prefix of generated secrets, not a secret
 _CONFIG_INTS = ("access_token_ttl", "refresh_token_ttl", "max_user_login_attempts")
 # Ten years: a lifetime must fit Redis' PX and the 64-bit `exp` of a token record.
 _EDITABLE = ("name", "redirect_uris", "scopes", "grant_types", "website",
-             "reuse_tokens", "require_verified_users", *_CONFIG_INTS, "introspection", "resources")
+             "reuse_tokens", "require_verified_users", *_CONFIG_INTS, "introspection", "resources",
+             "access_token_format")
 # RFC 7662 §4: whose tokens a client may introspect, its own or (a resource server) anyone's.
 INTROSPECTION = ("own", "all")
 _CREATABLE = (*_EDITABLE, "token_endpoint_auth_method")
@@ -129,6 +130,11 @@ def _config(doc: Mapping[str, Any]) -> dict[str, Any]:
         out["introspection"] = doc["introspection"]
     if "resources" in doc:
         out["resources"] = _resources(doc)
+    if "access_token_format" in doc:
+        if doc["access_token_format"] is not None and doc["access_token_format"] not in ACCESS_TOKEN_FORMATS:
+            raise InvalidRequest("'access_token_format' must be \"opaque\", \"jwt\" (RFC 9068) or "
+                                 "null (the global default).")
+        out["access_token_format"] = doc["access_token_format"]
     for name in _CONFIG_INTS:
         if name in doc:
             value = doc[name]

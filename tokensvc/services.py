@@ -10,6 +10,7 @@ from tokensvc.hashing import Hasher
 from tokensvc.issuance import TokenWriter
 from tokensvc.keyring import Keyring
 from tokensvc.settings import Settings
+from tokensvc.signing import Signer
 from tokensvc.store.redis import RedisStore, open_store
 from tokensvc.tokens import TokenCodec
 from tokensvc.usage import Usage
@@ -25,6 +26,7 @@ class Services:
     tokens: TokenWriter
     usage: Usage
     fleet: Fleet
+    signer: Signer
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -43,6 +45,7 @@ class Services:
                                   failure_limit=settings.client_auth_failure_limit,
                                   failure_window=settings.client_auth_failure_window,
                                   keyring=None if settings.argon2_per_worker else keyring)
-        tokens = TokenWriter(store, codec, clients, settings)
+        signer = Signer(store, keyring, settings)
+        tokens = TokenWriter(store, codec, clients, settings, signer)
         fleet = Fleet(store.redis, keyring, settings.fleet_heartbeat)
-        return cls(settings, store, codec, hasher, clients, tokens, usage, fleet)
+        return cls(settings, store, codec, hasher, clients, tokens, usage, fleet, signer)

@@ -7,18 +7,17 @@ start with a message that names it, rather than surfacing as odd behaviour under
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 ENV_PREFIX = "TOKENSVC_"
-_T = TypeVar("_T")
+ACCESS_TOKEN_FORMATS = ("opaque", "jwt")
+SIGNING_ALGS = ("ES256", "EdDSA")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -114,9 +113,8 @@ def _issuer(url: str | None) -> str | None:
     return None
 
 
-def _log_level(level: str) -> str | None:
-    ok = ("critical", "error", "warning", "info", "debug")
-    return None if level in ok else f"must be one of {', '.join(ok)}"
+def _one_of(*allowed: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in allowed else f"must be one of {', '.join(allowed)}, got {v!r}"
 
 
 # What the consent page says for each scope; a deployment names its own scopes in a setting.
@@ -161,6 +159,11 @@ class Settings:
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 14 * 24 * 3600
     code_ttl: int = 60
+    access_token_format: str = "opaque"  # noqa: S105 -- a format's name, not a secret
+    signing_alg: str = "ES256"
+    signing_key_rotation: int = 7 * 86400
+    signing_key_publish_ahead: int = 300
+    signing_key_refresh: float = 5.0
     allow_plain_pkce: bool = False
     session_ttl: int = 8 * 3600
     consent_ttl: int = 90 * 86400
@@ -258,6 +261,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("access_token_ttl", "Default access token lifetime, seconds.", _int, _between(1, MAX_TTL)),
     Option("refresh_token_ttl", "Default refresh token lifetime, seconds.", _int, _between(1, MAX_TTL)),
     Option("code_ttl", "Authorization code lifetime, seconds.", _int, _between(1, MAX_TTL)),
+    Option("access_token_format", "Access tokens of clients that do not choose: opaque or jwt "
+           "(RFC 9068).", lambda s: s.strip().lower(), _one_of(*ACCESS_TOKEN_FORMATS)),
+    Option("signing_alg", "Algorithm of new JWT signing keys: ES256 or EdDSA.", _str,
+           _one_of(*SIGNING_ALGS)),
+    Option("signing_key_rotation", "Seconds a JWT signing key signs before the next one.", _int,
+           _between(2, MAX_TTL)),
+    Option("signing_key_publish_ahead", "Seconds a new JWT signing key is published before it "
+           "signs.", _int, _between(1, 86400)),
+    Option("signing_key_refresh", "Seconds between a worker's readings of the signing keys.",
+           _float, lambda v: None if 0.05 <= v <= 3600 else "must be between 0.05 and 3600"),
     Option("allow_plain_pkce", "Accept PKCE method `plain` (RFC 7636); S256 only when off.", _bool),
     Option("session_ttl", "Seconds a login session on the authorization pages lasts.", _int,
            _between(60, MAX_TTL)),
@@ -302,7 +315,8 @@ OPTIONS: tuple[Option, ...] = (
            "timeout_keep_alive); a load balancer in front should use a shorter idle timeout.", _int,
            _between(1, 3600)),
     Option("retry_after", "Retry-After seconds sent with 503.", _int, _at_least(1)),
-    Option("log_level", "Log level.", lambda s: s.strip().lower(), _log_level),
+    Option("log_level", "Log level.", lambda s: s.strip().lower(),
+           _one_of("critical", "error", "warning", "info", "debug")),
     Option("access_log", "Log one line per request (uvicorn's access log; costs throughput).",
            _bool),
     Option("metrics", "Record Prometheus metrics (off: no recording at all, for comparison).", _bool),
@@ -312,6 +326,11 @@ OPTIONS: tuple[Option, ...] = (
            "per worker are named, the rest are 'other').", _bool),
 )
 _BY_NAME = {opt.name: opt for opt in OPTIONS}
+
+
+def check(name: str, value: Any) -> str | None:
+    """What is wrong with a value of the setting `name`, or None."""
+    return _BY_NAME[name].check(value)
 
 
 def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -348,43 +367,14 @@ def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
         raise SettingsError("ssl_keyfile", "ssl_certfile and ssl_keyfile go together")
     if values.get("redis_cluster") and not values.get("redis_url"):
         raise SettingsError("redis_cluster", "needs a redis_url naming a cluster node")
+    timing = Settings(**{k: v for k, v in values.items() if k.startswith("signing_key_")})
+    # Every worker reads a new signing key (twice) before it signs, and a key signs longer than
+    # it waits (tokensvc/signing.py).
+    if timing.signing_key_refresh * 2 > timing.signing_key_publish_ahead:
+        raise SettingsError("signing_key_refresh", "must be at most half of signing_key_publish_ahead")
+    if timing.signing_key_rotation <= timing.signing_key_publish_ahead:
+        raise SettingsError("signing_key_rotation", "must be longer than signing_key_publish_ahead")
     return Settings(**values)
-
-
-def _key_file(path: Path) -> str:
-    """Read a generated key, or create it exactly once (O_EXCL) so racing workers agree."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_urlsafe(32) + "\n")
-    return path.read_text().strip()
-
-
-def with_generated_keys(settings: Settings) -> Settings:
-    """Fill an unset admin key or server key from files under the data dir (made on first use).
-
-    A key file is held to the rules of its setting: an emptied or truncated admin.key would
-    otherwise guard the admin API with a key shorter than the setting allows (or none), and an
-    emptied secret.key would tag tokens, CSRF tokens and secret verifiers with a key anyone
-    knows."""
-    changes: dict[str, Any] = {}
-    if settings.admin_key is None:
-        path = settings.data_dir / "admin.key"
-        changes["admin_key"] = _checked_key_file("admin_key", path, _key_file(path))
-    if not settings.secret_keys:
-        path = settings.data_dir / "secret.key"
-        changes["secret_keys"] = _checked_key_file("secret_keys", path, (_key_file(path),))
-    return dataclasses.replace(settings, **changes) if changes else settings
-
-
-def _checked_key_file(name: str, path: Path, value: _T) -> _T:
-    problem = _BY_NAME[name].check(value)
-    if problem:
-        raise SettingsError(name, f"the key in {path} {problem}; delete the file to have a new one made")
-    return value
 
 
 def admin_key_of(settings: Settings) -> str:

@@ -39,9 +39,10 @@ def expire_now(r: redis.Redis, key: str) -> None:
 
 
 def data_keys(r: redis.Redis) -> list[bytes]:
-    """Every key but the fleet registry's, which each running worker renews on its own
-    (tokensvc/fleet.py): what a request stored, or did not."""
-    return [k for k in r.scan_iter() if not k.startswith(b"tsv:{fleet}:")]
+    """Every key but the fleet registry's and the JWT signing keys, which the running workers
+    keep on their own (tokensvc/fleet.py, tokensvc/signing.py): what a request stored, or did
+    not."""
+    return [k for k in r.scan_iter() if not k.startswith((b"tsv:{fleet}:", b"tsv:{jwks}:"))]
 
 
 def token_keys(r: redis.Redis) -> set[bytes]:

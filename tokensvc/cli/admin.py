@@ -1,4 +1,5 @@
-"""`tokensvc client ...` and `tokensvc user ...`: manage clients and users from the shell.
+"""`tokensvc client ...`, `tokensvc user ...` and `tokensvc keys rotate`: manage clients, users
+and the JWT signing keys from the shell.
 
 The admin commands talk to Redis directly, through the same Registry the admin API uses, so
 the rules for clients and users are the same whichever way they are created. They find Redis
@@ -16,14 +17,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import click
+from redis.exceptions import RedisError
 
 from tokensvc.cli.base import CliError, load_settings, main, masked, setting_options
 from tokensvc.errors import OAuthError, StoreUnavailable
+from tokensvc.fleet import Fleet, KeyMismatch
 from tokensvc.grants import GRANT_TYPES
 from tokensvc.hashing import Hasher
 from tokensvc.keyring import Keyring
 from tokensvc.registry import INTROSPECTION, Registry, client_view, user_view
-from tokensvc.settings import ENV_PREFIX, Settings
+from tokensvc.settings import ACCESS_TOKEN_FORMATS, ENV_PREFIX, Settings
+from tokensvc.signing import Signer
 from tokensvc.store.embedded import running_url
 from tokensvc.store.redis import open_store
 
@@ -44,16 +48,21 @@ def _admin_settings(flags: Mapping[str, Any]) -> Settings:
     return cfg
 
 
+def _server_keys(cfg: Settings) -> tuple[str, ...]:
+    """The deployment's server keys when this command knows them: set, or the embedded
+    default's key file. Never a freshly generated key."""
+    key_file = cfg.data_dir / "secret.key"
+    if not cfg.secret_keys and key_file.is_file():
+        return (key_file.read_text().strip(),)
+    return cfg.secret_keys
+
+
 def _cli_verifier(cfg: Settings) -> Callable[[str, str], str] | None:
-    """Secret verifiers under the deployment's keys when this command knows them (set, or the
-    embedded default's key file). None otherwise, never a freshly generated key: the first
-    worker that verifies the secret then writes the verifier."""
+    """Secret verifiers under the deployment's keys when this command knows them. None
+    otherwise: the first worker that verifies the secret then writes the verifier."""
     if cfg.argon2_per_worker:
         return None
-    keys = cfg.secret_keys
-    key_file = cfg.data_dir / "secret.key"
-    if not keys and key_file.is_file():
-        keys = (key_file.read_text().strip(),)
+    keys = _server_keys(cfg)
     return Keyring(keys).secret_verifier if keys else None
 
 
@@ -108,13 +117,17 @@ def client() -> None:
                    "none: any resource.")
 @click.option("--introspection", type=click.Choice(INTROSPECTION), default="own", show_default=True,
               help="Whose tokens the client may introspect: its own, or all (a resource server).")
+@click.option("--access-token-format", type=click.Choice(ACCESS_TOKEN_FORMATS),
+              help="opaque or jwt (RFC 9068) access tokens. Default: TOKENSVC_ACCESS_TOKEN_FORMAT.")
 @_admin_options
 def client_create(name: str, redirect_uris: tuple[str, ...], scopes: tuple[str, ...],
                   grant_types: tuple[str, ...], website: str | None, public: bool,
-                  resources: tuple[str, ...], introspection: str, **flags: Any) -> None:
+                  resources: tuple[str, ...], introspection: str, access_token_format: str | None,
+                  **flags: Any) -> None:
     """Create a client and print it as JSON, with its secret: the only time the secret is shown."""
     doc: dict[str, Any] = {"name": name, "redirect_uris": list(redirect_uris), "scopes": list(scopes),
-                           "resources": list(resources), "introspection": introspection}
+                           "resources": list(resources), "introspection": introspection,
+                           "access_token_format": access_token_format}
     if grant_types:
         doc["grant_types"] = list(grant_types)
     if website is not None:
@@ -255,3 +268,54 @@ def user_delete(username: str, **flags: Any) -> None:
 
     _run_admin(flags, delete)
     click.echo(f"deleted user {username}", err=True)
+
+
+@main.group()
+def keys() -> None:
+    """The JWT signing keys, published at /.well-known/jwks.json."""
+
+
+@keys.command("rotate")
+@setting_options(("redis_url", "data_dir", "redis_timeout", "signing_alg",
+                  "signing_key_publish_ahead"))
+def keys_rotate(**flags: Any) -> None:
+    """Make a new JWT signing key now: published at once, it signs after the publish-ahead
+    (old tokens stay valid). Prints it as JSON; with a key already waiting to sign, that one.
+    Needs the deployment's server keys (TOKENSVC_SECRET_KEYS, or the embedded default's key
+    file): the new private key is kept in Redis sealed under the one the fleet signs with."""
+    cfg = _admin_settings(flags)
+    assert cfg.redis_url is not None  # noqa: S101 -- type narrowing: _admin_settings found one
+    url, server_keys = cfg.redis_url, _server_keys(cfg)
+    if not server_keys:
+        raise CliError(f"no server key: set {ENV_PREFIX}SECRET_KEYS to the deployment's keys (the "
+                       "new signing key is sealed under them)")
+
+    async def rotate() -> dict[str, Any]:
+        store = open_store(url, cluster=cfg.redis_cluster, timeout=cfg.redis_timeout, pool_size=2)
+        keyring = Keyring(server_keys)
+        try:
+            # Seal under the server key the running fleet signs with (fleet.py), so every
+            # instance can open it.
+            fleet = Fleet(store.redis, keyring, cfg.fleet_heartbeat)
+            members, _, recorded = await fleet.members()
+            fleet.check(members, recorded)
+            if members:
+                keyring.signing = fleet.choose(members)
+            elif recorded in keyring.fingerprints:
+                keyring.signing = keyring.fingerprints.index(recorded)
+            key, made = await Signer(store, keyring, cfg).rotate_now()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        finally:
+            await store.close()
+        return {"kid": key.kid, "alg": key.alg, "created": key.created, "activates": key.activates,
+                "new": made}
+
+    try:
+        _print_json(asyncio.run(rotate()))
+    except KeyMismatch as exc:
+        raise CliError(str(exc)) from None
+    except OAuthError as exc:
+        raise CliError(exc.description) from None
+    except StoreUnavailable as exc:
+        raise CliError(f"Redis at {masked(url)} is not reachable ({exc}); {NO_REDIS_HINT}") from None

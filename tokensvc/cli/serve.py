@@ -23,7 +23,7 @@ import click
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from tokensvc import __version__, settings as settings_mod
+from tokensvc import __version__, keyfiles
 from tokensvc.cli.base import (
     DEFAULTS,
     CliError,
@@ -100,7 +100,7 @@ def serve(**flags: Any) -> None:
             cfg = dataclasses.replace(cfg, redis_url=url)
         admin_key_given = cfg.admin_key is not None
         try:
-            cfg = settings_mod.with_generated_keys(cfg)
+            cfg = keyfiles.with_generated_keys(cfg)
         except OSError as exc:
             raise CliError(f"cannot keep the generated keys under {cfg.data_dir}: {exc}") from None
         except SettingsError as exc:

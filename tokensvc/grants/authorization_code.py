@@ -14,7 +14,7 @@ from tokensvc.grants.base import Grant, GrantContext
 from tokensvc.issuance import TokenWriter, now_ms
 from tokensvc.models import Client, TokenResponse
 from tokensvc.store import keys, records
-from tokensvc.tokens import ACCESS, CODE, REFRESH, new_grant_id
+from tokensvc.tokens import CODE, REFRESH, new_grant_id
 
 GRANT_TYPE = "authorization_code"
 _UNKNOWN = "The authorization code is invalid, expired or already used."
@@ -67,15 +67,18 @@ async def handle(ctx: GrantContext) -> TokenResponse:
     wanted = resources.parse(ctx.params.get("resource"))
     if wanted is not None:
         resources.allow(wanted, client.resources)
-    codec = ctx.tokens.codec
-    parsed = codec.parse(code, CODE)
+    tokens = ctx.tokens
+    parsed = tokens.codec.parse(code, CODE)
     if parsed is None:
         raise InvalidGrant(_UNKNOWN)
     with_refresh = "refresh_token" in client.grant_types
-    at_ttl = ctx.tokens.access_ttl(client) * 1000
-    rt_ttl = ctx.tokens.refresh_ttl(client) * 1000
-    access = codec.mint(ACCESS, parsed.grant_id)
-    refresh = codec.mint(REFRESH, parsed.grant_id)
+    at_ttl = tokens.access_ttl(client) * 1000
+    rt_ttl = tokens.refresh_ttl(client) * 1000
+    access = tokens.new_access(client, parsed.grant_id)
+    if access.jti is not None:
+        # Before the code is spent: once it is, the new JWT must be signable.
+        await tokens.prepare(client)
+    refresh = tokens.codec.mint(REFRESH, parsed.grant_id)
     s256 = "" if verifier is None else pkce.s256(verifier)
     out = await ctx.store.redeem(parsed.grant_id, parsed.digest, access.digest, refresh.digest,
                                  client.client_id, redirect_uri or "", verifier or "", s256,
@@ -96,8 +99,8 @@ async def handle(ctx: GrantContext) -> TokenResponse:
     username, scope = out[1], out[2]
     await ctx.store.link_user_grant(username, parsed.grant_id,
                                     max(at_ttl, rt_ttl) if with_refresh else at_ttl)
-    return TokenResponse(access.token, at_ttl // 1000, scope,
-                         refresh.token if with_refresh else None)
+    token = tokens.finish(access, client, username, scope, out[4] or None, int(out[3]), at_ttl)
+    return TokenResponse(token, at_ttl // 1000, scope, refresh.token if with_refresh else None)
 
 
 GRANT = Grant(GRANT_TYPE, handle, allows_public=True)

@@ -12,7 +12,7 @@ from tokensvc import metrics, resources, scopes
 from tokensvc.errors import InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget, OAuthError
 from tokensvc.grants.base import Grant, GrantContext
 from tokensvc.models import TokenResponse
-from tokensvc.tokens import ACCESS, REFRESH
+from tokensvc.tokens import REFRESH
 
 GRANT_TYPE = "refresh_token"
 _UNKNOWN = "The refresh token is invalid, expired or revoked."
@@ -36,14 +36,17 @@ async def handle(ctx: GrantContext) -> TokenResponse:
     wanted = resources.parse(ctx.params.get("resource"))
     if wanted is not None:
         resources.allow(wanted, ctx.client.resources)
-    codec = ctx.tokens.codec
-    parsed = codec.parse(presented, REFRESH)
+    tokens = ctx.tokens
+    parsed = tokens.codec.parse(presented, REFRESH)
     if parsed is None:
         raise InvalidGrant(_UNKNOWN)
-    at_ttl = ctx.tokens.access_ttl(ctx.client) * 1000
-    rt_ttl = ctx.tokens.refresh_ttl(ctx.client) * 1000
-    access = codec.mint(ACCESS, parsed.grant_id)
-    refresh = codec.mint(REFRESH, parsed.grant_id)
+    at_ttl = tokens.access_ttl(ctx.client) * 1000
+    rt_ttl = tokens.refresh_ttl(ctx.client) * 1000
+    access = tokens.new_access(ctx.client, parsed.grant_id)
+    if access.jti is not None:
+        # Before the rotation: once it has happened, the new JWT must be signable.
+        await tokens.prepare(ctx.client)
+    refresh = tokens.codec.mint(REFRESH, parsed.grant_id)
     out = await ctx.store.rotate(parsed.grant_id, parsed.digest, access.digest, refresh.digest,
                                  ctx.client.client_id, scope, at_ttl, rt_ttl,
                                  ctx.settings.refresh_grace * 1000,
@@ -52,7 +55,9 @@ async def handle(ctx: GrantContext) -> TokenResponse:
         if out[1]:
             # Rotation extends the grant's life; the user's grant set must follow it.
             await ctx.store.link_user_grant(out[1], parsed.grant_id, max(at_ttl, rt_ttl))
-        return TokenResponse(access.token, at_ttl // 1000, out[2], refresh.token)
+        token = tokens.finish(access, ctx.client, out[1] or None, out[2], out[5] or None,
+                              int(out[3]), at_ttl)
+        return TokenResponse(token, at_ttl // 1000, out[2], refresh.token)
     if out[0] == "REUSED":
         metrics.refresh_reuse()
     error, description = _REFUSALS.get(out[0], (InvalidGrant, _UNKNOWN))

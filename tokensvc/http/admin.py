@@ -98,6 +98,16 @@ class AdminEndpoints:
         user, lockout = await self.registry.user(username)
         return json_response(user_view(user, lockout))
 
+    async def rotate_signing_key(self, request: Request) -> Response:
+        """Start a JWT signing key rotation now: 201 with the new key, which signs after the
+        publish-ahead; 200 with the key already waiting to sign, if there is one."""
+        self._guard(request)
+        key, made = await self.svc.signer.rotate_now()
+        if made:
+            audit.info("admin rotated the JWT signing key: %s signs from %d", key.kid, key.activates)
+        return json_response({"kid": key.kid, "alg": key.alg, "created": key.created,
+                              "activates": key.activates}, 201 if made else 200)
+
     async def unlock(self, request: Request) -> Response:
         self._guard(request)
         await self.registry.unlock_user(request.path_params["username"])

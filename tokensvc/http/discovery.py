@@ -29,6 +29,7 @@ def metadata(svc: Services) -> dict[str, object]:
         "revocation_endpoint": f"{issuer}/oauth/revoke",
         "introspection_endpoint": f"{issuer}/oauth/introspect",
         "userinfo_endpoint": f"{issuer}/oauth/userinfo",
+        "jwks_uri": f"{issuer}/.well-known/jwks.json",
         "registration_endpoint": f"{issuer}/oauth/register",
         "grant_types_supported": sorted(GRANTS),
         "response_types_supported": ["code"],
@@ -49,6 +50,16 @@ class DiscoveryEndpoints:
 
     async def metadata(self, request: Request) -> Response:
         return json_response(self._metadata, headers={"Cache-Control": "public, max-age=300"})
+
+    async def jwks(self, request: Request) -> Response:
+        """RFC 7517 JWK Set of the keys that sign JWT access tokens (signing.py): the next key
+        from the moment it is made, old ones until their last token has expired. Cacheable
+        for half the publish-ahead, so a cached copy already holds any key that signs."""
+        signer = self.svc.signer
+        if not signer.keys:  # never read (Redis down since start): 503, never an empty set
+            await signer.refresh()
+        return Response(signer.jwks_body, media_type="application/json",
+                        headers={"Cache-Control": f"public, max-age={signer.max_age}"})
 
     async def healthz(self, request: Request) -> Response:
         return json_response({"status": "ok"})

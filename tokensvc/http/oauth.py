@@ -20,7 +20,7 @@ from tokensvc.errors import (
 )
 from tokensvc.grants import GRANTS
 from tokensvc.grants.base import GrantContext
-from tokensvc.http.bearer import bearer_token, introspection, live_record
+from tokensvc.http.bearer import bearer_token, introspection, live_record, parse_token
 from tokensvc.http.params import TOKEN_LISTS, read_params
 from tokensvc.http.responses import json_response
 from tokensvc.services import Services
@@ -114,7 +114,7 @@ class OAuthEndpoints:
         hint = params.get("token_type_hint")
         if hint not in _HINTS:
             raise UnsupportedTokenType("token_type_hint must be access_token or refresh_token.")
-        parsed = svc.codec.parse(token)
+        parsed = parse_token(svc, token)
         # RFC 7009 §2.2: an invalid token is answered with 200, since there is nothing to do.
         if parsed is None or parsed.kind == CODE:
             return Response(status_code=200)

@@ -108,6 +108,12 @@ CLIENT_POLICY: dict[str, Schema] = {
                        "ask tokens for; another is `invalid_target`. A token request naming none "
                        "gets all of them as its audience. Empty (the default): any resource, "
                        "and no audience unless one is asked for."},
+    "access_token_format": {
+        "enum": ["opaque", "jwt", None], "default": None,
+        "description": "`jwt`: RFC 9068 JWT access tokens signed with the keys of "
+                       "/.well-known/jwks.json; `opaque`: tsv_at_ tokens; null: "
+                       "TOKENSVC_ACCESS_TOKEN_FORMAT. Either way introspection and revocation "
+                       "work alike."},
 }
 _AUD: Schema = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
                 "description": "RFC 8707: the resources the token is for (one string, or several)."}
@@ -165,6 +171,10 @@ SCHEMAS: dict[str, Schema] = {
                                   "description": "Refused by every client until unlocked."}},
     },
     "UserInput": {"type": "object", "additionalProperties": True},
+    "SigningKey": {
+        "type": "object", "required": ["kid", "alg", "created", "activates"],
+        "properties": {"kid": {"type": "string"}, "alg": {"enum": ["ES256", "EdDSA"]},
+                       "created": {"type": "integer"}, "activates": {"type": "integer"}}},
     "Metadata": {"type": "object", "required": ["issuer", "token_endpoint"],
                  "additionalProperties": True},
 }
@@ -262,6 +272,13 @@ def document(issuer: str) -> dict[str, Any]:
              **COMMON}, body=_body(_ref("ClientInput"), FORM, JSON), security=[*ADMIN, {}])},
         "/.well-known/oauth-authorization-server": {"get": _op(
             "Authorization server metadata (RFC 8414).", {"200": _json(_ref("Metadata"), "Metadata.")})},
+        "/.well-known/jwks.json": {"get": _op(
+            "The public keys of JWT access tokens (RFC 7517 JWK Set): the next key before it "
+            "signs, old ones until their last token expires.",
+            {"200": _json({"type": "object", "required": ["keys"],
+                           "properties": {"keys": {"type": "array", "items": {"type": "object"}}}},
+                          "The JWK Set."),
+             "503": _error("Storage unavailable before any key was read.", retry_after=True)})},
         "/healthz": {"get": _op("Liveness.", {"200": _json({"type": "object"}, "Alive.")})},
         "/readyz": {"get": _op("Readiness: Redis answers.",
                                {"200": _json({"type": "object"}, "Ready."),
@@ -290,6 +307,11 @@ def document(issuer: str) -> dict[str, Any]:
             "parameters": [_path_param("client_id")],
             "post": _op("Rotate the secret; the new one is shown once.",
                         {"200": _json(_ref("Client"), "Rotated."), **ADMIN_ERRORS}, security=ADMIN)},
+        "/admin/signing-keys/rotate": {"post": _op(
+            "Rotate the JWT signing key: a new key, published now, signs after the publish-ahead.",
+            {"201": _json(_ref("SigningKey"), "Made; it signs from `activates` (epoch ms)."),
+             "200": _json(_ref("SigningKey"), "A key already waits to sign; nothing made."),
+             **ADMIN_ERRORS}, security=ADMIN)},
         "/admin/users": {"post": _op("Create a user.", {"201": _json(_ref("User"), "Created."),
                                                         **ADMIN_ERRORS},
                                      body=_body(_ref("UserInput"), JSON), security=ADMIN)},

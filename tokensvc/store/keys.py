@@ -3,6 +3,7 @@
 - `{g:<grant id>}`: a grant's tokens, its index, its reuse record and its codes.
 - `{c:<client id>}`: a client record, its usage buckets and its failed-authentication counter.
 - `{s:<session digest>}`: a login session of the authorization pages.
+- `{jwks}`: the deployment's JWT signing keys (one hash, field = key id).
 - `{u:<user hash>}`: a user record, its failure counter, its lock, its password checks in
   flight, the ids of its grants and its remembered consents. The tag is a digest of the
   username, so no username (which may hold `{` or `}`) can move or split the slot.
@@ -21,6 +22,7 @@ CLIENTS_USED = "tsv:clients:used"
 USERS_INDEX = "tsv:users"
 INVALIDATION_CHANNEL = "tsv:invalidate"
 INVALIDATED_CHANNEL = "tsv:invalidated"  # instances confirm here that they dropped a client
+SIGNING_KEYS = "tsv:{jwks}:keys"
 
 
 def token(grant_id: str, token_digest: str) -> str:

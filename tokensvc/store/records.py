@@ -27,6 +27,15 @@ Reuse record (`tsv:{g:<grant>}:reuse`, finAPI token reuse):
     a    key of the live access token
     sa, sr  the seeds the access (and refresh) token are derived from
     k    id of the server key they were derived under
+    j    a JWT access token (in place of sa): the token itself, sealed under a server subkey
+         (keyring.py), since a signature cannot be derived again
+Signing key (field <kid> of the hash `tsv:{jwks}:keys`; signing_key_*.lua):
+    kid, alg  the key id (RFC 7638 thumbprint) and its JWS algorithm (ES256, EdDSA)
+    jwk  the public key's members (kty, crv, x, y)
+    p    the private key (PKCS#8 DER), sealed under a server subkey (keyring.py)
+    c    created, epoch ms (Redis TIME);  a  activates: it signs from then on
+    l    the longest lifetime of a token it may sign, ms (raised before a longer one is signed)
+    s    superseded: when the next key activates;  r  retires: s + l + a margin, when it leaves
 Client and user records: the dataclass fields of `models.Client` and `models.User`; a field
 added later reads as its default in a record written before it (`introspection` "own",
 `resources` none).
@@ -46,7 +55,7 @@ from typing import Any
 
 import orjson
 
-from tokensvc.models import Client, TokenRecord, User
+from tokensvc.models import Client, SigningKeyRecord, TokenRecord, User
 
 
 def encode_token(kind: str, client_id: str, username: str | None, scope: str, grant_id: str,
@@ -91,18 +100,36 @@ def encode_code(client_id: str, username: str, scope: str, grant_id: str, redire
     return orjson.dumps(d)
 
 
-def encode_reuse(lifetime_ms: int, access_key: str, access_seed: str, refresh_seed: str | None,
-                 key_id: str) -> bytes:
-    d: dict[str, Any] = {"l": lifetime_ms, "a": access_key, "sa": access_seed, "k": key_id}
+def encode_reuse(lifetime_ms: int, access_key: str, access_seed: str | None,
+                 refresh_seed: str | None, key_id: str, sealed_jwt: str | None = None) -> bytes:
+    d: dict[str, Any] = {"l": lifetime_ms, "a": access_key, "k": key_id}
+    if access_seed is not None:
+        d["sa"] = access_seed
     if refresh_seed is not None:
         d["sr"] = refresh_seed
+    if sealed_jwt is not None:
+        d["j"] = sealed_jwt
     return orjson.dumps(d)
 
 
-def decode_reuse(raw: bytes) -> tuple[int, str, str | None, str]:
-    """(lifetime ms, access seed, refresh seed or None, key id)."""
+def decode_reuse(raw: bytes) -> tuple[int, str | None, str | None, str, str | None]:
+    """(lifetime ms, access seed, refresh seed, key id, sealed JWT); absent ones None."""
     d = orjson.loads(raw)
-    return int(d["l"]), d["sa"], d.get("sr"), d["k"]
+    return int(d["l"]), d.get("sa"), d.get("sr"), d["k"], d.get("j")
+
+
+def encode_signing_key(kid: str, alg: str, jwk: dict[str, str], longest_ms: int,
+                       sealed: str) -> bytes:
+    """A new key's record; signing_key_add.lua sets `c` and `a`."""
+    return orjson.dumps({"kid": kid, "alg": alg, "jwk": jwk, "l": longest_ms, "p": sealed})
+
+
+def decode_signing_key(raw: bytes | str) -> SigningKeyRecord:
+    d = orjson.loads(raw)
+    return SigningKeyRecord(kid=d["kid"], alg=d["alg"], jwk=d["jwk"], created=int(d["c"]),
+                            activates=int(d["a"]), longest=int(d["l"]), sealed=d["p"],
+                            superseded=None if d.get("s") is None else int(d["s"]),
+                            retires=None if d.get("r") is None else int(d["r"]))
 
 
 def encode_client(client: Client) -> bytes:
@@ -122,6 +149,8 @@ def decode_client(raw: bytes | str) -> Client:
         d["introspection"] = sys.intern(d["introspection"])
     if "resources" in d:
         d["resources"] = tuple(d["resources"])
+    if d.get("access_token_format") is not None:
+        d["access_token_format"] = sys.intern(d["access_token_format"])
     return Client(**d)
 
 

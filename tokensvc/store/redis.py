@@ -8,10 +8,11 @@ from tokensvc.store.clients import ClientStore
 from tokensvc.store.connection import connect, connect_cluster
 from tokensvc.store.fastredis import FastRedis
 from tokensvc.store.sessions import SessionStore
+from tokensvc.store.signing import SigningKeyStore
 from tokensvc.store.users import UserStore
 
 
-class RedisStore(UserStore, ClientStore, SessionStore):
+class RedisStore(UserStore, ClientStore, SessionStore, SigningKeyStore):
     """Every stored kind of data, on one connection (connection.py)."""
 
 

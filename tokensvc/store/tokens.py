@@ -74,7 +74,8 @@ class TokenStore(Invalidation):
              keys.token(grant_id, new_access), keys.token(grant_id, new_refresh)],
             [client_id, scope, access_ttl_ms, refresh_ttl_ms, grace_ms, resources])
         result = [text(x) for x in out]
-        if result[0] in ("OK", "REUSED") and result[-1] == "1":
+        deleted = result[4] if result[0] == "OK" else result[1] if result[0] == "REUSED" else "0"
+        if deleted == "1":
             await self._invalidate(grant_name(grant_id))
         return result
 

@@ -271,6 +271,8 @@ def _configuration(form: dict[str, str]) -> dict[str, Any]:
             raise _Refused(f"{name.replace('_', ' ')} must be a whole number of seconds or attempts.")
     reuse = form.get("reuse_tokens", "default")
     doc["reuse_tokens"] = {"on": True, "off": False}.get(reuse)
+    token_format = form.get("access_token_format", "default")
+    doc["access_token_format"] = token_format if token_format in ("opaque", "jwt") else None
     doc["require_verified_users"] = form.get("require_verified_users") == "yes"
     # The least a form that lost the field can mean: the client's own tokens.
     doc["introspection"] = form.get("introspection", "own")

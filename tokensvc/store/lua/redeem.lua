@@ -8,7 +8,9 @@
 -- ARGV[4]=base64url(SHA-256(code_verifier))  ARGV[5]=access TTL ms  ARGV[6]=refresh TTL ms
 -- ARGV[7]='1' to issue a refresh token too
 -- ARGV[8]=requested resources, sorted and space-separated ('' = as authorized)
--- Returns {'OK', username, scope, now ms} or
+-- KEYS[3] is the new access token's key whatever its format: an opaque token's digest, or a
+-- JWT's jti digest (the JWT is signed after this script, from what it returns).
+-- Returns {'OK', username, scope, now ms, access audience or ''} or
 -- {'UNKNOWN'|'REPLAY'|'CLIENT'|'NO_REDIRECT'|'REDIRECT'|'PKCE'|'TARGET'}; only REDIRECT and PKCE
 -- spend the code.
 local raw = redis.call('GET', KEYS[1])
@@ -83,4 +85,4 @@ if redis.call('PTTL', KEYS[2]) < keep then
 end
 -- The spent code is kept as long as its tokens, so a replay at any time still revokes them.
 redis.call('PEXPIRE', KEYS[1], keep)
-return {'OK', rec.u, rec.s, now}
+return {'OK', rec.u, rec.s, now, aud or ''}

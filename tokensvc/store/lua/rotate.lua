@@ -5,8 +5,10 @@
 -- ARGV[1]=client id  ARGV[2]=requested scope ('' = as originally granted)
 -- ARGV[3]=access TTL ms  ARGV[4]=refresh TTL ms  ARGV[5]=grace ms
 -- ARGV[6]=requested resources, sorted and space-separated ('' = the grant's audience)
--- Returns {'OK', username or '', access scope, now ms, reuse record deleted (0/1)},
--- {'REUSED', reuse record deleted (0/1)} or {'UNKNOWN'|'CLIENT'|'SCOPE'|'TARGET'}.
+-- KEYS[4] is the new access token's key whatever its format: an opaque token's digest, or a
+-- JWT's jti digest (the JWT is signed after this script, from what it returns).
+-- Returns {'OK', username or '', access scope, now ms, reuse record deleted (0/1), access
+-- audience or ''}, {'REUSED', reuse record deleted (0/1)} or {'UNKNOWN'|'CLIENT'|'SCOPE'|'TARGET'}.
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {'UNKNOWN'} end
 local rec = cjson.decode(raw)
@@ -70,4 +72,4 @@ if redis.call('PTTL', KEYS[2]) < keep then
 end
 -- A rotation starts a new generation: identical requests get new tokens from now on.
 local reused = redis.call('DEL', KEYS[3])
-return {'OK', user or '', scope, now, reused}
+return {'OK', user or '', scope, now, reused, aud or ''}
