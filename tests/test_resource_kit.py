@@ -1021,3 +1021,25 @@ async def test_the_readme_example_api_works_with_a_running_tokensvc(
         "POST other API": (401, {"error": "invalid_token",
                                  "error_description": "The access token is not for this API (aud)."}),
     }
+
+
+async def test_a_jwt_from_tokensvc_is_checked_locally_by_the_kit(http: httpx.AsyncClient) -> None:
+    """The two halves together: tokensvc's own JWT access tokens (RFC 9068) and JWKS, verified
+    by the kit with no introspection; a rotation's new key is picked up by one refetch."""
+    await new_user(http)
+    owner = await new_client(http, access_token_format="jwt")
+    service = Deployment(http, owner, await new_client(http, name="orders API", scopes=[]))
+    async with service.stack:
+        rs = await service.kit()
+        token = await service.token(scope="read")
+        assert token.count(".") == 2
+        found = await rs.authenticate(token)
+        assert (found.sub, found.username, found.client_id, found.scopes, found.aud, found.checked_by) == \
+            ("alice", "alice", owner["client_id"], frozenset({"read"}), (AUDIENCE,), "jwt")
+        assert service.transport.introspections == 0
+        assert service.transport.paths["/.well-known/jwks.json"] == 1
+        # Not for this API: a token asked for no resource has the issuer as its audience.
+        other = await password_token(http, owner, scope="read")
+        refused = await refusal(rs, other.json()["access_token"])
+        assert refused == "The access token is not for this API (aud)."
+        assert service.transport.introspections == 0
