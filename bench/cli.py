@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.admin import SetupError
-from bench.scenarios import DEFAULT_CLIENTS, FLEET_SCENARIOS, MIXABLE, SCENARIOS
+from bench.scenarios import DEFAULT_CLIENTS, FLEET_SCENARIOS, MIXABLE, RESOURCE_SCENARIOS, SCENARIOS
 from bench.services import REFERENCE_KINDS, StartError
 from bench.tls import CertificateError
 
@@ -173,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds of open-loop load (default 600)")
     soak.add_argument("--rate", type=_positive(float),
                       help="requests per second (default: half the peak measured first)")
-    soak.add_argument("--scenario", choices=[s for s in SCENARIOS
-                                             if s not in ("static", "noop", *FLEET_SCENARIOS)],
+    soak.add_argument("--scenario", choices=[s for s in SCENARIOS if s not in
+                                             ("static", "noop", *FLEET_SCENARIOS, *RESOURCE_SCENARIOS)],
                       default="client_credentials", help="what to send (default client_credentials)")
     soak.add_argument("--connections", type=_positive(int), default=64,
                       help="keep-alive connections (default 64)")
@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only these: static noredis redis cc cc_reuse introspection password cc_w2, "
                             "and, not in the default set: mix_password (client_credentials with "
                             "password logins alongside), many_clients, cold_start, scale_out, tls, "
-                            "tls_handshake")
+                            "tls_handshake, cc_jwt (JWT access tokens), resource_jwt, "
+                            "resource_introspection (the resource-server kit)")
     suite.add_argument("--markdown", type=Path, help="also write the table to this file")
     suite.add_argument("--pin-server", default="0", metavar="CPUS", help="default 0")
     suite.add_argument("--pin-client", default="1", metavar="CPUS", help="default 1")
@@ -283,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bench import suite as suite_mod
 
             suite_mod.CONFIGS = tuple(
-                suite_mod.Config(c.key, c.title, {k: v for k, v in c.changes.items() if k != "pin_server"})
+                suite_mod.Config(c.key, c.title, {k: v for k, v in c.changes.items() if k != "pin_server"},
+                                 c.default)
                 for c in suite_mod.CONFIGS)
         table = uvloop.run(run_suite(base, args.repeat, args.only, args.markdown))
         print(table)

@@ -170,9 +170,22 @@ def summary_table(doc: Mapping[str, Any]) -> str:
     if opened:
         lines.append(f"  connections  {opened} opened during the load (one per request)")
     lines += _cold_start_lines(doc.get("cold_start")) + _scale_out_lines(doc.get("scale_out"))
+    lines += _kit_lines(doc.get("resource_kit"))
     for note in doc.get("notes", []):
         lines.append(f"  note: {note}")
     return "\n".join(lines)
+
+
+def _kit_lines(kit: Mapping[str, Any] | None) -> list[str]:
+    if not kit:
+        return []
+    per_cpu = kit.get("requests_per_cpu_second")
+    cores = " + ".join(f"{name} {value or 0:.2f}" for name, value in kit["cpu_cores"].items())
+    return [f"  per core     {per_cpu or 0:10.0f} req per CPU-second ({cores} = "
+            f"{kit['cpu_cores_total']:.2f} cores)",
+            f"  kit          {kit['served']:.0f} requests served during the load (warm-up included), "
+            f"{kit['introspections']:.0f} introspection requests, "
+            f"{kit.get('jwks_fetches') or 0:.0f} JWKS fetch(es) since the API started"]
 
 
 def _seconds(value: float | None) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import wrk as wrk_mod
+from bench import kit, wrk as wrk_mod
 from bench.admin import Http, secret_counters
 from bench.http import host_port, is_https
 from bench.loadgen import ConnectionCloseSource, LoadConfig, LoadResult, Source, measure_ceiling, run_load
@@ -34,6 +34,7 @@ from bench.scenarios import (
     DEFAULT_CLIENTS,
     FLEET_SCENARIOS,
     REFERENCE_SCENARIOS,
+    RESOURCE_SCENARIOS,
     Setup,
     Workload,
     reference_workload,
@@ -141,6 +142,10 @@ def check_options(opts: RunOptions) -> None:
         raise SystemExit(f"--profile does not follow {opts.scenario}'s second instance; profile a plain run")
     if opts.scenario == "scale_out" and opts.join_at >= opts.duration:
         raise SystemExit("--join-at must come before the end of --duration")
+    if opts.scenario in RESOURCE_SCENARIOS and (opts.url is not None or opts.tls
+                                                or opts.reference is not None):
+        raise SystemExit(f"{opts.scenario} starts tokensvc and the protected API itself and counts "
+                         "both processes' CPU (no --url, --tls or --reference)")
 
 
 def effective_settings(opts: RunOptions) -> tuple[dict[str, str], bool]:
@@ -354,11 +359,21 @@ async def execute(opts: RunOptions, argv: list[str]) -> dict[str, Any]:
             if opts.url is not None and not opts.keep:
                 stack.callback(setup.cleanup)
             _log(opts, f"setting up {opts.scenario}")
-            workload = await setup.prepare(opts.scenario, opts.mix, opts.mix_by_connection)
+            if opts.scenario in RESOURCE_SCENARIOS:
+                # the load goes to the protected API, which checks tokens against the service
+                workload, api = await kit.prepare(setup, opts.scenario, url, tmp, opts.pin_server)
+                stack.callback(api.stop)
+                procs["api"] = api
+                url = api.url
+                host, port = host_port(url)
+                _log(opts, f"protected API on {url}")
+            else:
+                workload = await setup.prepare(opts.scenario, opts.mix, opts.mix_by_connection)
         # -- the generator's ceiling, then the load ----------------------------------------
         pin_self(opts.pin_client)
         ceiling = await measure_generator_ceiling(opts, tmp, tls is not None)
         before_metrics = secret_counters(http) if ref_kind is None else None
+        kit_before = kit.api_stats(procs["api"]) if "api" in procs else None
         profiler = None
         if opts.profile is not None:
             if "server" not in procs:
@@ -385,6 +400,7 @@ async def execute(opts: RunOptions, argv: list[str]) -> dict[str, Any]:
             opened = res.connections_opened
         wall = time.monotonic() - t0
         cpu_after = cpu_snapshot(procs)
+        kit_after = kit.api_stats(procs["api"]) if "api" in procs else None
         if profiler is not None:
             try:
                 profiler.wait(60)
@@ -446,6 +462,9 @@ async def execute(opts: RunOptions, argv: list[str]) -> dict[str, Any]:
         "workload": {"kind": workload.kind, **workload.info},
         "notes": notes,
     }
+    if kit_before is not None and kit_after is not None:
+        doc["resource_kit"] = kit.per_core(opts.scenario, throughput, doc["cpu"], kit_before, kit_after,
+                                           int(summary["requests"]))
     if wrk_output is not None:
         doc["wrk_output"] = wrk_output
     if bound and ceiling is not None:

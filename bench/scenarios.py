@@ -27,8 +27,10 @@ SERVICE_SCENARIOS = ("client_credentials", "client_credentials_reuse", "password
                      "healthz", "many_clients")
 # Scenarios with processes of their own (a second tokensvc instance): bench/fleet.py.
 FLEET_SCENARIOS = ("cold_start", "scale_out")
+# Scenarios that load a protected API checking tokensvc's tokens with the kit: bench/kit.py.
+RESOURCE_SCENARIOS = ("resource_jwt", "resource_introspection")
 REFERENCE_SCENARIOS = ("static", "noop")
-SCENARIOS = SERVICE_SCENARIOS + FLEET_SCENARIOS + REFERENCE_SCENARIOS
+SCENARIOS = SERVICE_SCENARIOS + FLEET_SCENARIOS + RESOURCE_SCENARIOS + REFERENCE_SCENARIOS
 # Distinct clients (--clients) of the scenarios that load many.
 DEFAULT_CLIENTS = {"many_clients": 20_000, "cold_start": 10_000, "scale_out": 1_000}
 # Admin API calls in flight while creating them: enough to keep the service's argon2 threads

@@ -1,6 +1,7 @@
-"""The processes a run starts: a private redis-server, `tokensvc serve`, the reference app and
-the generator-ceiling responder; each on a free loopback port, optionally pinned to CPUs
-(taskset), each stopped again at the end. CPU time of each is read from /proc."""
+"""The processes a run starts: a private redis-server, `tokensvc serve`, the reference app,
+the protected API of the resource-server scenarios and the generator-ceiling responder; each
+on a free loopback port, optionally pinned to CPUs (taskset), each stopped again at the end.
+CPU time of each is read from /proc."""
 
 from __future__ import annotations
 
@@ -341,6 +342,32 @@ def start_reference(workdir: Path, cpus: str | None, redis_url: str | None = Non
     try:
         wait_http(proc, proc.url + ("/" if raw else "/static"), timeout,
                   tls.client_context() if tls is not None else None)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+def start_api(workdir: Path, cpus: str | None, issuer: str, audience: str,
+              client: Mapping[str, str] | None, cache_ttl: float, timeout: float = 30.0) -> Proc:
+    """bench/resource_api.py under uvicorn (one worker) on a free port, configured by its
+    environment, waited for until /healthz answers (its lifespan has fetched the issuer's
+    metadata and keys by then)."""
+    port = free_port()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update({"BENCH_API_ISSUER": issuer, "BENCH_API_AUDIENCE": audience,
+                "BENCH_API_CACHE_TTL": f"{cache_ttl:g}"})
+    if client is not None:
+        env.update({"BENCH_API_CLIENT_ID": client["client_id"],
+                    "BENCH_API_CLIENT_SECRET": client["client_secret"]})
+    cmd = pinned([sys.executable, "-m", "bench.resource_api", "--port", str(port)], cpus)
+    proc = _spawn("api", cmd, workdir, env)
+    proc.url = f"http://127.0.0.1:{port}"
+    proc.settings = {"issuer": issuer, "audience": audience, "cache_ttl": f"{cache_ttl:g}",
+                     "client": "set" if client is not None else "none"}
+    try:
+        wait_http(proc, proc.url + "/healthz", timeout)
     except BaseException:
         proc.stop()
         raise

@@ -5,9 +5,11 @@ all of them alike. Pinning follows the issue: server on CPU 0, Redis and the gen
 CPU 1 (the two-worker run gets both CPUs for the server; scale_out's second instance gets
 CPU 1).
 
-The fleet rows (many_clients, cold_start, scale_out, tls, tls_handshake) run only when named
-with --only; their own figures (time to 90 % of the warm rate, argon2 runs on a new process,
-scale-out times, tokens per server CPU with a handshake per request) go to a second table.
+The fleet rows (many_clients, cold_start, scale_out, tls, tls_handshake) and the JWT rows
+(cc_jwt, resource_jwt, resource_introspection) run only when named with --only; their own
+figures (time to 90 % of the warm rate, argon2 runs on a new process, scale-out times, tokens
+per server CPU with a handshake per request, requests per CPU-second of the processes checking
+a protected API's tokens) go to a second table.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ PEERS = {
 KEYCLOAK_PER_VCPU = 120.0
 # Goals of the fleet issue.
 MANY_CLIENTS_RATIO = 0.9
+# Goals of the JWT issue: issuing a JWT access token (an ES256 signature per token) against an
+# opaque one, and the kit's local verification per core against introspection per core.
+JWT_ISSUANCE_RATIO = 0.8
+KIT_PER_CORE_RATIO = 3.0
 
 
 @dataclass(frozen=True)
@@ -71,8 +77,17 @@ CONFIGS: tuple[Config, ...] = (
            default=False),
     Config("tls_handshake", "client_credentials, a TLS handshake per request",
            {"scenario": "client_credentials", "tls": True, "new_connection": True}, default=False),
+    # The JWT issue's rows (`--only cc cc_jwt introspection resource_jwt resource_introspection`).
+    Config("cc_jwt", "client_credentials, JWT access tokens",
+           {"scenario": "client_credentials", "settings": {"access_token_format": "jwt"}}, default=False),
+    Config("resource_jwt", "protected API, JWT verified locally by the kit",
+           {"scenario": "resource_jwt"}, default=False),
+    Config("resource_introspection", "protected API, kit introspecting every request (no cache)",
+           {"scenario": "resource_introspection"}, default=False),
 )
-NO_RATIOS = ("password", "mix_password", "cold_start", "scale_out", "tls", "tls_handshake")
+# Rows of a protected API (not token requests): no ratios against the token references.
+RESOURCE_ROWS = ("resource_jwt", "resource_introspection")
+NO_RATIOS = ("password", "mix_password", "cold_start", "scale_out", "tls", "tls_handshake", *RESOURCE_ROWS)
 # Rows whose title gets the number of clients the runs had.
 WITH_CLIENTS = ("many_clients", "cold_start", "scale_out")
 
@@ -147,6 +162,10 @@ def summarise(by_key: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, A
         p99_mixed = statistics.median(mixed)
         goals.append(("client_credentials p99 while password logins run (vs alone)",
                       None, f"{p99_mixed:.2f} ms vs {cc_p99:.2f} ms"))
+    jwt = med.get("cc_jwt", {}).get("throughput")
+    if jwt is not None:
+        check(f"JWT issuance >= {JWT_ISSUANCE_RATIO}x opaque", jwt, JWT_ISSUANCE_RATIO * cc if cc else None,
+              _ratio(jwt, cc))
     fleet_lines, fleet_goals, fleet = fleet_summary(by_key, med)
     goals += fleet_goals
     lines += ["", "| goal | measured | met |", "| --- | ---: | :---: |"]
@@ -187,6 +206,10 @@ def _median(values: Sequence[float | None]) -> float | None:
     return statistics.median(known) if known else None
 
 
+def _kit(doc: dict[str, Any], *path: str) -> Any:
+    return _get(doc, "resource_kit", *path)
+
+
 def _per_cpu(doc: dict[str, Any]) -> float | None:
     cpu = _get(doc, "cpu", "server")
     tput = _get(doc, "summary", "throughput")
@@ -215,6 +238,16 @@ FLEET_FIGURES: tuple[tuple[str, str, Callable[[dict[str, Any]], Any], str], ...]
     ("tls_handshake", "server CPU", lambda d: _get(d, "cpu", "server"), "cores"),
     ("tls_handshake", "generator ceiling (same handshakes)",
      lambda d: _get(d, "ceiling", "throughput"), "req/s"),
+    ("resource_jwt", "requests per CPU-second (API)", lambda d: _kit(d, "requests_per_cpu_second"), "req/s"),
+    ("resource_jwt", "API CPU", lambda d: _kit(d, "cpu_cores", "api"), "cores"),
+    ("resource_jwt", "JWKS fetches (since the API started)", lambda d: _kit(d, "jwks_fetches"), ""),
+    ("resource_introspection", "requests per CPU-second (API + tokensvc + Redis)",
+     lambda d: _kit(d, "requests_per_cpu_second"), "req/s"),
+    ("resource_introspection", "API CPU", lambda d: _kit(d, "cpu_cores", "api"), "cores"),
+    ("resource_introspection", "tokensvc CPU", lambda d: _kit(d, "cpu_cores", "server"), "cores"),
+    ("resource_introspection", "Redis CPU", lambda d: _kit(d, "cpu_cores", "redis"), "cores"),
+    ("resource_introspection", "introspection requests per API request",
+     lambda d: _kit(d, "introspections_per_request"), "ratio"),
 )
 
 
@@ -225,7 +258,7 @@ def _shown(value: float | None, unit: str) -> str:
         return f"{value:.2f} s"
     if unit == "ms":
         return f"{value:.2f} ms"
-    if unit == "cores":
+    if unit in ("cores", "ratio"):
         return f"{value:.2f}"
     return f"{value:.0f}" + (f" {unit}" if unit else "")
 
@@ -276,7 +309,37 @@ def fleet_summary(by_key: dict[str, list[dict[str, Any]]], med: dict[str, dict[s
         per_cpu = _median(_values(handshake, _per_cpu))
         goals.append((f"tokens/s per server CPU with a TLS handshake per request (Keycloak's published "
                       f"sizing: {KEYCLOAK_PER_VCPU:.0f}/s per vCPU, quoted)", None, _shown(per_cpu, "req/s")))
+    goals += kit_goals(by_key)
     return lines, goals, facts
+
+
+def kit_goals(by_key: dict[str, list[dict[str, Any]]]) -> list[tuple[str, bool | None, str]]:
+    """The kit's local verification per core against introspection per core (medians of the
+    runs' requests per CPU-second)."""
+    local = _median(_values(by_key.get("resource_jwt") or [], lambda d: _kit(d, "requests_per_cpu_second")))
+    remote = _median(_values(by_key.get("resource_introspection") or [],
+                             lambda d: _kit(d, "requests_per_cpu_second")))
+    if local is None and remote is None:
+        return []
+    shown = _ratio(local, remote)
+    if local is not None and remote is not None:
+        shown += f" ({local:.0f} vs {remote:.0f} req per CPU-second)"
+    met = None if local is None or remote is None else local >= KIT_PER_CORE_RATIO * remote
+    name = f"kit local verification per core >= {KIT_PER_CORE_RATIO:g}x introspection per core"
+    return [(name, met, shown)]
+
+
+def config_options(base: RunOptions, cfg: Config) -> RunOptions:
+    """The run options of one suite row: the suite's own, changed as the row says."""
+    changes = dict(cfg.changes)
+    if "settings" in changes:  # the row's settings over the suite's --set
+        changes["settings"] = {**base.settings, **changes["settings"]}
+    if base.clients is not None:
+        changes.pop("clients", None)  # --clients given to the suite wins
+    opts = dataclasses.replace(base, **changes)
+    if opts.scenario == "scale_out" and opts.join_at >= opts.duration:
+        opts = dataclasses.replace(opts, join_at=round(opts.duration / 3, 1))
+    return opts
 
 
 async def run_suite(base: RunOptions, repeat: int, only: Sequence[str] | None,
@@ -290,12 +353,7 @@ async def run_suite(base: RunOptions, repeat: int, only: Sequence[str] | None,
     paths: list[str] = []
     for round_no in range(1, repeat + 1):
         for cfg in configs:
-            changes = dict(cfg.changes)
-            if base.clients is not None:
-                changes.pop("clients", None)  # --clients given to the suite wins
-            opts = dataclasses.replace(base, **changes)
-            if opts.scenario == "scale_out" and opts.join_at >= opts.duration:
-                opts = dataclasses.replace(opts, join_at=round(opts.duration / 3, 1))
+            opts = config_options(base, cfg)
             print(f"[suite] round {round_no}/{repeat}: {cfg.title}", file=sys.stderr, flush=True)
             doc = await execute(opts, run_argv(opts))
             by_key[cfg.key].append(doc)

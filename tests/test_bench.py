@@ -764,3 +764,146 @@ def test_cli_help_lists_the_fleet_options() -> None:
     for word in ("many_clients", "cold_start", "scale_out", "--clients", "--real-hash-cost", "--tls",
                  "--new-connection-per-request", "--join-at", "--pin-second"):
         assert word in out
+
+
+# -- JWT access tokens and the resource-server kit -----------------------------------------------
+
+
+def _bearer(request: bytes) -> bytes:
+    return request.split(b"Authorization: Bearer ")[1].split(b"\r\n")[0]
+
+
+@pytest.mark.parametrize("scenario", ["resource_jwt", "resource_introspection"])
+async def test_resource_scenarios_aim_one_token_per_connection_at_the_protected_api(
+        service: Proc, scenario: str, tmp_path: Path) -> None:
+    from bench import kit
+
+    async with setup_for(service) as setup:
+        workload, api = await kit.prepare(setup, scenario, service.url, tmp_path, None)
+        try:
+            assert api.url != service.url and workload.info["audience"] == kit.AUDIENCE
+            assert workload.info["tokens"] == 4 and workload.info["kit_cache_ttl"] == 0
+            # connection i always sends token i: none of the four shares a token with another
+            sent = [workload.source.next(i % 4) for i in range(8)]
+            assert [item[0] for item in sent if item] == workload.requests * 2
+            assert len({_bearer(req) for req in workload.requests}) == 4
+            before = kit.api_stats(api)
+            host, port = Http(api.url).host, Http(api.url).port
+            replies = await fetch_all(host, port, workload.requests * 2, connections=4)
+            assert [r.status for r in replies] == [200] * 8
+            checked = {orjson.loads(r.body)["checked_by"] for r in replies}
+            after = kit.api_stats(api)
+            assert after["served"] - before["served"] == 8
+            if scenario == "resource_jwt":
+                assert checked == {"jwt"} and after["introspections"] == 0 and after["jwks_fetches"] == 1
+                assert _bearer(workload.requests[0]).count(b".") == 2  # a JWT
+            else:
+                # no cache: every request (and the set-up check) was one introspection
+                assert checked == {"introspection"}
+                assert after["introspections"] - before["introspections"] == 8
+                assert after["cached_answers"] == 0
+            # a token that is not for the API is refused by it
+            wrong = build_request("GET", "/me", f"{host}:{port}", headers={"Authorization": "Bearer nope"})
+            [refused] = await fetch_all(host, port, [wrong], connections=1)
+            assert refused.status == 401
+        finally:
+            api.stop()
+            setup.cleanup()
+
+
+@pytest.mark.parametrize("scenario", ["resource_jwt", "resource_introspection"])
+async def test_a_short_resource_run_counts_the_cpu_of_every_process_doing_the_work(
+        tmp_path: Path, scenario: str) -> None:
+    out = tmp_path / "kit.json"
+    opts = RunOptions(scenario=scenario, duration=1.0, warmup=0.3, connections=4, settings=dict(FAST),
+                      ceiling_seconds=0.3, output=out, quiet=True)
+    doc = await execute(opts, run_argv(opts))
+    assert doc["summary"]["requests"] > 0 and doc["summary"]["errors"] == 0
+    assert doc["errors"]["by_status"].keys() == {"200"}
+    assert set(doc["cpu"]) >= {"api", "server", "redis", "generator"}
+    kit_doc = doc["resource_kit"]
+    working = ["api"] if scenario == "resource_jwt" else ["api", "server", "redis"]
+    assert kit_doc["working_processes"] == working
+    total = sum(doc["cpu"][name] for name in working)
+    assert kit_doc["cpu_cores_total"] == pytest.approx(total)
+    assert kit_doc["requests_per_cpu_second"] == pytest.approx(doc["summary"]["throughput"] / total)
+    assert kit_doc["served"] > doc["summary"]["requests"] * 0.9
+    if scenario == "resource_introspection":
+        assert kit_doc["introspections_per_request"] == 1.0
+    else:
+        assert kit_doc["introspections"] == 0 and kit_doc["jwks_fetches"] == 1
+    assert doc["workload"]["one_token_per_connection"] is True
+    assert doc["command"].startswith(f"python -m bench run --scenario {scenario}")
+    assert "per core" in summary_table(doc)
+    for key in REQUIRED_KEYS:
+        assert key in load_result(out)
+
+
+async def test_the_jwt_suite_row_issues_jwt_access_tokens(tmp_path: Path) -> None:
+    from bench.suite import CONFIGS, config_options
+
+    base = RunOptions(duration=1.0, warmup=0.2, connections=4, settings=dict(FAST), ceiling_seconds=0,
+                      output=tmp_path / "jwt.json", quiet=True)
+    row = next(c for c in CONFIGS if c.key == "cc_jwt")
+    opts = config_options(base, row)
+    assert opts.scenario == "client_credentials"
+    assert opts.settings == {**FAST, "access_token_format": "jwt"}  # the suite's --set kept
+    doc = await execute(opts, run_argv(opts))
+    assert doc["summary"]["requests"] > 0 and doc["summary"]["errors"] == 0
+    assert doc["settings"]["access_token_format"] == "jwt"
+    assert "--set access_token_format=jwt" in doc["command"]
+    # what the timed phase sent is answered with a JWT access token
+    with tempfile.TemporaryDirectory() as tmp:
+        redis = start_redis(Path(tmp), None)
+        try:
+            svc = start_tokensvc(Path(tmp), redis.url, 1, None, service_settings(opts.settings))
+            try:
+                async with setup_for(svc) as setup:
+                    workload = await setup.prepare("client_credentials")
+                    [reply] = await fetch_all(setup.host, setup.port, workload.requests, connections=1)
+                    assert orjson.loads(reply.body)["access_token"].count(".") == 2
+            finally:
+                svc.stop()
+        finally:
+            redis.stop()
+
+
+def test_the_suite_reports_the_jwt_and_kit_goals() -> None:
+    from bench.suite import summarise
+
+    def kit_doc(tput: float, per_cpu: float, **cores: float) -> dict[str, Any]:
+        d = _synthetic("x", tput, 5.0)
+        d["resource_kit"] = {"requests_per_cpu_second": per_cpu, "cpu_cores": cores, "jwks_fetches": 1,
+                             "introspections_per_request": 1.0 if "server" in cores else None}
+        return d
+
+    runs = {"cc": [_synthetic("cc", 10000, 9.0)], "cc_jwt": [_synthetic("cc_jwt", 8500, 10.0)],
+            "resource_jwt": [kit_doc(4000, 4100, api=0.98), kit_doc(4200, 4300, api=0.98),
+                             kit_doc(3900, 4000, api=0.97)],
+            "resource_introspection": [kit_doc(1500, 1200, api=0.7, server=0.4, redis=0.15)] * 3}
+    table, facts = summarise(runs)
+    goals = {g["goal"]: g for g in facts["goals"]}
+    jwt = goals["JWT issuance >= 0.8x opaque"]
+    assert jwt["measured"] == "0.85x" and jwt["met"] is True
+    kit_goal = goals["kit local verification per core >= 3x introspection per core"]
+    assert kit_goal["measured"] == "3.42x (4100 vs 1200 req per CPU-second)" and kit_goal["met"] is True
+    fleet = facts["fleet"]
+    assert fleet["resource_jwt"]["requests per CPU-second (API)"] == 4100
+    assert fleet["resource_introspection"]["tokensvc CPU"] == 0.4
+    assert fleet["resource_introspection"]["introspection requests per API request"] == 1.0
+    # a protected API's row has no ratio against the token references
+    assert "| protected API, JWT verified locally by the kit | 4000 | 5.00 | - | - | - |" in table
+    slow = {**runs, "resource_jwt": [kit_doc(3000, 3000, api=1.0)]}
+    assert {g["goal"]: g for g in summarise(slow)[1]["goals"]}[
+        "kit local verification per core >= 3x introspection per core"]["met"] is False
+
+
+def test_resource_scenarios_refuse_what_they_cannot_measure() -> None:
+    for opts in (RunOptions(scenario="resource_jwt", url="http://127.0.0.1:1"),
+                 RunOptions(scenario="resource_introspection", tls=True),
+                 RunOptions(scenario="resource_jwt", reference="static")):
+        with pytest.raises(SystemExit):
+            check_options(opts)
+    out = subprocess.run([sys.executable, "-m", "bench", "run", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert "resource_jwt" in out and "resource_introspection" in out

@@ -826,6 +826,20 @@ async def test_introspection_answers_are_cached_and_revocation_lands_within_the_
     assert svc.transport.introspections == 3
 
 
+async def test_a_cache_ttl_of_zero_introspects_every_check(svc: Deployment) -> None:
+    """`cache_ttl=0` and `negative_cache_ttl=0` turn the caches off (README): every check of an
+    opaque token asks the issuer, good or bad, and nothing is kept."""
+    rs = await svc.kit(cache_ttl=0, negative_cache_ttl=0)
+    token = await svc.token()
+    for _ in range(3):
+        assert (await rs.authenticate(token)).sub == "alice"
+    bad = secrets.token_urlsafe(40)
+    for _ in range(2):
+        await refusal(rs, bad)
+    assert svc.transport.introspections == 5
+    assert rs.introspector is not None and rs.introspector.cached == (0, 0)
+
+
 async def test_the_introspection_cache_is_bounded(svc: Deployment) -> None:
     rs = await svc.kit(cache_size=3)
     tokens = [await svc.token() for _ in range(5)]

@@ -7,7 +7,8 @@ An answer is kept for at most `ttl` seconds and never past the token's `exp`, so
 token is refused at most `ttl` seconds after its revocation. Refusals are kept for the
 shorter `negative_ttl` and in an LRU of their own: a flood of made-up tokens cannot push
 live tokens out of the cache. Both are bounded to `size` entries, keyed by the token's
-SHA-256 rather than the token. Concurrent checks of one token share one request.
+SHA-256 rather than the token. A `ttl` (or `negative_ttl`) of 0 keeps no answer (or refusal):
+every check asks the issuer. Concurrent checks of one token share one request.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ class Introspector:
         try:
             found = self._read(doc)
         except Rejected as why:
-            self._refused.put(digest, (time.monotonic() + self.negative_ttl, str(why)))
+            if self.negative_ttl > 0:
+                self._refused.put(digest, (time.monotonic() + self.negative_ttl, str(why)))
             raise
         keep = min(self.ttl, found.exp - time.time())
         if keep > 0:
