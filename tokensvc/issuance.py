@@ -134,6 +134,15 @@ class TokenWriter:
         token = self.finish(pending, client, username, scope, aud, now, ttl_ms)
         return token, keys.token(grant_id, pending.digest)
 
+    async def _access(self, client: Client, username: str | None, scope: str, aud: str | None,
+                      grant_id: str, now: int, ttl_ms: int) -> tuple[str, str]:
+        """A new grant's access token, JWT or opaque as the client's format says, and the key
+        of its record."""
+        if self.jwt(client):
+            return await self._signed(client, username, scope, aud, grant_id, now, ttl_ms)
+        access = self.codec.mint(ACCESS, grant_id)
+        return access.token, keys.token(grant_id, access.digest)
+
     async def lone(self, client: Client, scope: str, aud: str | None = None) -> TokenResponse:
         """An access token for the client itself (for the audience `aud`, RFC 8707): nothing to
         index (the hot path: one SET)."""
@@ -144,11 +153,7 @@ class TokenWriter:
         at_ttl = self.access_ttl(client) * 1000
         grant_id = new_grant_id()
         now = now_ms()
-        if self.jwt(client):
-            token, key = await self._signed(client, None, scope, aud, grant_id, now, at_ttl)
-        else:
-            access = self.codec.mint(ACCESS, grant_id)
-            token, key = access.token, keys.token(grant_id, access.digest)
+        token, key = await self._access(client, None, scope, aud, grant_id, now, at_ttl)
         await self.store.put_token(
             key, records.encode_token(ACCESS, client.client_id, None, scope, grant_id, now, at_ttl, aud),
             at_ttl)
@@ -166,11 +171,7 @@ class TokenWriter:
         rt_ttl = self.refresh_ttl(client) * 1000 if with_refresh else 0
         now = now_ms()
         grant_id = new_grant_id()
-        if self.jwt(client):
-            token, key = await self._signed(client, username, scope, aud, grant_id, now, at_ttl)
-        else:
-            access = self.codec.mint(ACCESS, grant_id)
-            token, key = access.token, keys.token(grant_id, access.digest)
+        token, key = await self._access(client, username, scope, aud, grant_id, now, at_ttl)
         written = [(key, records.encode_token(ACCESS, client.client_id, username, scope, grant_id,
                                               now, at_ttl, aud), at_ttl)]
         refresh: str | None = None
