@@ -973,6 +973,23 @@ async def drive(module: ModuleType, tokens: dict[str, str]) -> dict[str, tuple[i
     return seen
 
 
+def readme_example_answers(client_id: str) -> dict[str, tuple[int, Any]]:
+    """What the README's example API answers `drive`'s requests, for tokens of `client_id`."""
+    not_ours = {"error": "invalid_token",
+                "error_description": "The access token is not for this API (aud)."}
+    return {
+        "healthz": (200, {"status": "ok"}),
+        "GET none": (401, 'Bearer realm="orders"'),
+        "GET reader": (200, {"orders": [], "for": "alice", "scopes": ["orders:read"]}),
+        "POST reader": (403, {"error": "insufficient_scope",
+                              "error_description": "This request needs the scope orders:write."}),
+        "GET writer": (200, {"orders": [], "for": "alice", "scopes": ["orders:read", "orders:write"]}),
+        "POST writer": (201, {"created_by": "alice", "client": client_id}),
+        "GET other API": (401, not_ours),
+        "POST other API": (401, not_ours),
+    }
+
+
 async def test_the_readme_example_api_works_with_jwts(issuer: Issuer, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ISSUER_URL", issuer.url)
@@ -984,19 +1001,7 @@ async def test_the_readme_example_api_works_with_jwts(issuer: Issuer, tmp_path: 
                                 "writer": issuer.token(scope="orders:read orders:write"),
                                 "other API": issuer.token(aud="https://api.example/invoices")})
     assert issuer.jwks_fetches == 1  # at start, by the lifespan
-    assert seen == {
-        "healthz": (200, {"status": "ok"}),
-        "GET none": (401, 'Bearer realm="orders"'),
-        "GET reader": (200, {"orders": [], "for": "alice", "scopes": ["orders:read"]}),
-        "POST reader": (403, {"error": "insufficient_scope",
-                              "error_description": "This request needs the scope orders:write."}),
-        "GET writer": (200, {"orders": [], "for": "alice", "scopes": ["orders:read", "orders:write"]}),
-        "POST writer": (201, {"created_by": "alice", "client": "orders-app"}),
-        "GET other API": (401, {"error": "invalid_token",
-                                "error_description": "The access token is not for this API (aud)."}),
-        "POST other API": (401, {"error": "invalid_token",
-                                 "error_description": "The access token is not for this API (aud)."}),
-    }
+    assert seen == readme_example_answers("orders-app")
 
 
 async def test_the_readme_example_api_works_with_a_running_tokensvc(
@@ -1022,19 +1027,7 @@ async def test_the_readme_example_api_works_with_a_running_tokensvc(
         seen = await drive(readme_module("orders_api.py", tmp_path), tokens)
     finally:
         service.stop()
-    assert seen == {
-        "healthz": (200, {"status": "ok"}),
-        "GET none": (401, 'Bearer realm="orders"'),
-        "GET reader": (200, {"orders": [], "for": "alice", "scopes": ["orders:read"]}),
-        "POST reader": (403, {"error": "insufficient_scope",
-                              "error_description": "This request needs the scope orders:write."}),
-        "GET writer": (200, {"orders": [], "for": "alice", "scopes": ["orders:read", "orders:write"]}),
-        "POST writer": (201, {"created_by": "alice", "client": app["client_id"]}),
-        "GET other API": (401, {"error": "invalid_token",
-                                "error_description": "The access token is not for this API (aud)."}),
-        "POST other API": (401, {"error": "invalid_token",
-                                 "error_description": "The access token is not for this API (aud)."}),
-    }
+    assert seen == readme_example_answers(app["client_id"])
 
 
 async def test_a_jwt_from_tokensvc_is_checked_locally_by_the_kit(http: httpx.AsyncClient) -> None:

@@ -12,10 +12,7 @@ GRANT_TYPE = "client_credentials"
 async def handle(ctx: GrantContext) -> TokenResponse:
     client = ctx.client
     scope = scopes.grant(scopes.parse(ctx.params.get("scope")), client.scopes)
-    raw = ctx.params.get("resource")
-    # RFC 8707: nothing to do for a client that neither asks for nor is limited to resources.
-    aud = (None if raw is None and not client.resources
-           else resources.audience(resources.parse(raw), client.resources))
+    aud = resources.audience(resources.parse(ctx.params.get("resource")), client.resources)
     # RFC 6749 §4.4.3: a refresh token SHOULD NOT be included.
     return await ctx.tokens.lone(client, scope, aud)
 
