@@ -92,9 +92,10 @@ def test_no_module_is_over_400_lines() -> None:
 
 
 def test_the_resource_kit_stands_alone() -> None:
-    """tokensvc.resource runs inside other apps' APIs: it imports itself and two small pure
-    modules (the LRU, the scope syntax), nothing of the service's layers or wiring."""
-    allowed = ("tokensvc.resource", "tokensvc.lru", "tokensvc.scopes")
+    """tokensvc.resource runs inside other apps' APIs: it imports itself and three small pure
+    modules (the LRU, the scope syntax, the DPoP proof check), nothing of the service's layers
+    or wiring."""
+    allowed = ("tokensvc.resource", "tokensvc.lru", "tokensvc.scopes", "tokensvc.dpop")
     kit = {name: path for name, path in modules().items() if name.startswith("tokensvc.resource.")}
     assert {"tokensvc.resource.server", "tokensvc.resource.jwks",
             "tokensvc.resource.introspection"} <= set(kit)

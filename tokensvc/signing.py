@@ -38,9 +38,7 @@ server key, each worker that holds both seals the keys anew under it on its next
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import logging
 import math
 import time
@@ -55,6 +53,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 from tokensvc import metrics
+from tokensvc.dpop import thumbprint
 from tokensvc.errors import StoreUnavailable, TemporarilyUnavailable
 from tokensvc.jwtaccess import TYP, grant_of_jti, looks_like_jwt
 from tokensvc.keyring import SIGNING_KEYS, Keyring
@@ -76,14 +75,6 @@ _LEEWAY = 30
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def thumbprint(jwk: dict[str, str]) -> str:
-    """RFC 7638: base64url SHA-256 of the key's required members, sorted, without spaces; the
-    key id, so a kid names one key and nothing else."""
-    members = ("crv", "kty", "x", "y") if jwk["kty"] == "EC" else ("crv", "kty", "x")
-    canonical = orjson.dumps({m: jwk[m] for m in members}, option=orjson.OPT_SORT_KEYS)
-    return base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
 
 
 def generate(alg: str) -> tuple[PrivateKey, dict[str, str]]:
