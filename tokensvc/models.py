@@ -78,6 +78,9 @@ class TokenRecord:
     rotated_at: int | None = None
     # RFC 8707: the resource URIs the token is for, sorted and space-separated; None: any.
     audience: str | None = None
+    # RFC 9449: the thumbprint (RFC 7638) of the DPoP key the token is bound to; None: a bearer
+    # token.
+    jkt: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,15 @@ class TokenStorage(Protocol):
     async def link_user_grant(self, username: str, grant_id: str, ttl_ms: int) -> None: ...
 
 
+class OnceStorage(Protocol):
+    """What is accepted once across the whole deployment (store/sessions.py; SET NX PX, one
+    round trip): console forms that reveal a secret, DPoP proofs (RFC 9449 §11.1), client
+    assertions (RFC 7523 §3). Callers pass a digest that names its kind, e.g. of
+    `dpop:<replay key>`, so the kinds never meet; True the first time, False after."""
+
+    async def first_use(self, nonce_digest: str, ttl_ms: int) -> bool: ...
+
+
 class LoginStorage(Protocol):
     """A user's password check with its lockout (store/users.py). `limit` is the client in
     use's; the lock it sets holds for every client."""

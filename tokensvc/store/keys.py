@@ -96,5 +96,7 @@ def admin_session(session_digest: str) -> str:
 
 
 def once(nonce_digest: str) -> str:
-    """A console form already submitted (so a reload cannot create or rotate twice)."""
+    """Something accepted once (storage.OnceStorage): a console form already submitted (so a
+    reload cannot create or rotate twice), a DPoP proof's or a client assertion's jti. One key
+    per digest, in its own slot: the keys spread over a cluster."""
     return f"tsv:{{o:{nonce_digest}}}:once"

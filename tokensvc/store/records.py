@@ -16,6 +16,7 @@ in the key):
     aud  RFC 8707 audience: the resource URIs, sorted and space-separated (absent: any). On a
          code and a refresh token, the grant's: the ceiling of a narrowed redemption or refresh
     rot  refresh only, set by rotate.lua: when it was rotated (epoch ms), for the grace period
+    jkt  RFC 9449: the thumbprint of the DPoP key the token is bound to (absent: bearer)
 Code record: the token fields (k = "ac") and
     ru   redirect_uri the code was sent to: the request's, or the client's only registered one
     ro   1 when the authorization request omitted redirect_uri (so ru is the registered one):
@@ -59,9 +60,12 @@ from tokensvc.models import Client, SigningKeyRecord, TokenRecord, User
 
 
 def encode_token(kind: str, client_id: str, username: str | None, scope: str, grant_id: str,
-                 issued_at: int, ttl_ms: int, aud: str | None = None) -> bytes:
+                 issued_at: int, ttl_ms: int, aud: str | None = None,
+                 jkt: str | None = None) -> bytes:
     d: dict[str, Any] = {"k": kind, "c": client_id, "s": scope, "g": grant_id,
                          "iat": issued_at, "exp": issued_at + ttl_ms}
+    if jkt is not None:
+        d["jkt"] = jkt
     if username is not None:
         d["u"] = username
     if kind == "rt":
@@ -81,7 +85,7 @@ def decode_token(raw: bytes | str | None, kind: str | None = None) -> TokenRecor
     return TokenRecord(
         kind=d["k"], client_id=d["c"], username=d.get("u"), scope=d["s"], grant_id=d["g"],
         issued_at=int(d["iat"]), expires_at=int(d["exp"]), rotated_at=d.get("rot"),
-        audience=d.get("aud"),
+        audience=d.get("aud"), jkt=d.get("jkt"),
     )
 
 

@@ -1,5 +1,5 @@
 -- end_grant.lua: delete every token of a grant.
--- Record fields (k, c, u, s, g, iat, exp, gs, aud, rot, ru, ro, cc, ccm, used): tokensvc/store/records.py.
+-- Record fields (k, c, u, s, g, iat, exp, gs, aud, rot, jkt, ru, ro, cc, ccm, used): tokensvc/store/records.py.
 -- KEYS[1]=grant index  KEYS[2]=reuse key (same {g:...} slot)
 -- Returns {tokens that were still stored, 1 if a reuse record went (instances cache those)}.
 local n = 0

@@ -1,5 +1,5 @@
 -- issue.lua: write the tokens of one grant and record them in the grant index, atomically.
--- Record fields (k, c, u, s, g, iat, exp, gs, aud, rot, ru, ro, cc, ccm, used): tokensvc/store/records.py.
+-- Record fields (k, c, u, s, g, iat, exp, gs, aud, rot, jkt, ru, ro, cc, ccm, used): tokensvc/store/records.py.
 -- KEYS[1]=grant index  KEYS[2..n]=token keys (same {g:...} slot)
 -- ARGV[1]=index TTL ms, then a (record, TTL ms) pair per token key.
 -- Returns 1.

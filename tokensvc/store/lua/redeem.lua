@@ -1,5 +1,5 @@
 -- redeem.lua: RFC 6749 §4.1.3 code redemption with RFC 7636 PKCE, single use.
--- Record fields (k, c, u, s, g, iat, exp, gs, aud, rot, ru, ro, cc, ccm, used): tokensvc/store/records.py.
+-- Record fields (k, c, u, s, g, iat, exp, gs, aud, rot, jkt, ru, ro, cc, ccm, used): tokensvc/store/records.py.
 -- PKCE's rules and the S256 transform are tokensvc/pkce.py's; this script only compares.
 -- KEYS[1]=code key  KEYS[2]=grant index  KEYS[3]=new access key  KEYS[4]=new refresh key
 -- (all in the code's {g:...} slot)

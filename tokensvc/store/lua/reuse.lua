@@ -1,5 +1,5 @@
 -- reuse.lua: finAPI token reuse. Identical requests (same client, user, scope set) meet on one
--- Record fields (k, c, u, s, g, iat, exp, gs, aud, rot, ru, ro, cc, ccm, used): tokensvc/store/records.py.
+-- Record fields (k, c, u, s, g, iat, exp, gs, aud, rot, jkt, ru, ro, cc, ccm, used): tokensvc/store/records.py.
 -- reuse key, so concurrent callers agree on one token.
 -- KEYS[1]=reuse key  KEYS[2]=grant index  KEYS[3..n]=new token keys (same {g:...} slot)
 -- ARGV[1]=reuse record (JSON)  ARGV[2]=reuse TTL ms (the access token's lifetime)

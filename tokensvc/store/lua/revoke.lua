@@ -1,5 +1,5 @@
 -- revoke.lua: RFC 7009 revocation with finAPI's hint semantics.
--- Record fields (k, c, u, s, g, iat, exp, gs, aud, rot, ru, ro, cc, ccm, used): tokensvc/store/records.py.
+-- Record fields (k, c, u, s, g, iat, exp, gs, aud, rot, jkt, ru, ro, cc, ccm, used): tokensvc/store/records.py.
 -- KEYS[1]=token key  KEYS[2]=grant index  KEYS[3]=reuse key (same {g:...} slot)
 -- ARGV[1]=client id that must own the token  ARGV[2]='token' (just this one) or 'grant'
 -- ARGV[3]=username that must own it ('' = any)

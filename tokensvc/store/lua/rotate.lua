@@ -1,5 +1,5 @@
 -- rotate.lua: refresh token rotation with reuse detection (RFC 9700 §4.14.2).
--- Record fields (k, c, u, s, g, iat, exp, gs, aud, rot, ru, ro, cc, ccm, used): tokensvc/store/records.py.
+-- Record fields (k, c, u, s, g, iat, exp, gs, aud, rot, jkt, ru, ro, cc, ccm, used): tokensvc/store/records.py.
 -- KEYS[1]=presented refresh key  KEYS[2]=grant index  KEYS[3]=reuse key
 -- KEYS[4]=new access key  KEYS[5]=new refresh key (all in the same {g:...} slot)
 -- ARGV[1]=client id  ARGV[2]=requested scope ('' = as originally granted)
