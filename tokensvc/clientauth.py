@@ -1,4 +1,5 @@
-"""RFC 6749 §2.3 client authentication: client_secret_basic, client_secret_post and none."""
+"""RFC 6749 §2.3 client authentication: client_secret_basic, client_secret_post and none, and
+(assertions.py) RFC 7523 private_key_jwt and client_secret_jwt."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from tokensvc import metrics
+from tokensvc.assertions import read_assertion
 from tokensvc.clients import ClientDirectory
 from tokensvc.errors import InvalidClient, InvalidRequest, Throttled
-from tokensvc.models import Client
+from tokensvc.models import ASSERTION_METHODS, Client
 
 _BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="tokensvc"'}
 
@@ -37,19 +39,44 @@ def _basic(header: str) -> tuple[str, str]:
 
 
 async def authenticate(authorization: str | None, params: Mapping[str, str], clients: ClientDirectory,
-                       *, allow_public: bool) -> Authenticated:
-    """The calling client, or InvalidClient / InvalidRequest as RFC 6749 §5.2 says.
+                       *, allow_public: bool, endpoint: str = "/oauth/token") -> Authenticated:
+    """The calling client, or InvalidClient / InvalidRequest as RFC 6749 §5.2 says. `endpoint`
+    is the path called, which a client assertion's `aud` may name.
 
     Every refusal counts as a client authentication failure in the metrics, whatever the
     endpoint and whatever was wrong (unknown client, wrong or missing secret, bad Basic, or a
     client throttled after too many failures: Throttled, 429).
     """
     try:
+        if "client_assertion" in params or "client_assertion_type" in params:
+            return await _by_assertion(authorization, params, clients, endpoint)
         return await _authenticate(authorization, params, clients, allow_public=allow_public)
     except (InvalidClient, Throttled):
         client_id = params.get("client_id")
         metrics.client_auth_failed(client_id if client_id is not None else "unknown")
         raise
+
+
+async def _by_assertion(authorization: str | None, params: Mapping[str, str],
+                        clients: ClientDirectory, endpoint: str) -> Authenticated:
+    verifier = clients.assertions
+    if verifier is None:
+        raise InvalidClient("Client assertions are not accepted here.")
+    sub, header = read_assertion(authorization, params)
+    client = await clients.get(sub)
+    try:
+        await verifier.verify(params, client, header, endpoint)
+    except InvalidClient:
+        if client is not None and clients.usage is not None:
+            clients.usage.failed(client.client_id)
+        raise
+    assert client is not None  # noqa: S101 -- type narrowing: verify() refuses an unknown client
+    return Authenticated(client, client.token_endpoint_auth_method)
+
+
+def _failed(clients: ClientDirectory, client: Client) -> None:
+    if clients.usage is not None:
+        clients.usage.failed(client.client_id)
 
 
 async def _authenticate(authorization: str | None, params: Mapping[str, str], clients: ClientDirectory,
@@ -77,6 +104,11 @@ async def _authenticate(authorization: str | None, params: Mapping[str, str], cl
     client = await clients.get(client_id)
     if client is None:
         raise InvalidClient("Client authentication failed.", challenge)
+    if client.token_endpoint_auth_method in ASSERTION_METHODS:
+        # The client registered a key-based method: a secret (it may have none) is not it.
+        _failed(clients, client)
+        raise InvalidClient(f"This client authenticates with {client.token_endpoint_auth_method}: send "
+                            "client_assertion and client_assertion_type (RFC 7523).", challenge)
     if method == "none":
         if not client.is_public:
             raise InvalidClient("This client must authenticate with its secret.", challenge)
@@ -88,11 +120,9 @@ async def _authenticate(authorization: str | None, params: Mapping[str, str], cl
     try:
         ok = await clients.check_secret(client, secret)
     except Throttled:
-        if clients.usage is not None:
-            clients.usage.failed(client.client_id)
+        _failed(clients, client)
         raise
     if not ok:
-        if clients.usage is not None:
-            clients.usage.failed(client.client_id)
+        _failed(clients, client)
         raise InvalidClient("Client authentication failed.", challenge)
     return Authenticated(client, method)

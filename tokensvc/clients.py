@@ -49,6 +49,7 @@ import hmac
 import math
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tokensvc import metrics
 from tokensvc.errors import StoreUnavailable, Throttled
@@ -58,6 +59,9 @@ from tokensvc.lru import LRU
 from tokensvc.models import Client
 from tokensvc.storage import ClientStorage
 from tokensvc.usage import Usage
+
+if TYPE_CHECKING:
+    from tokensvc.assertions import AssertionVerifier
 
 
 def _refusal(seconds_left: float) -> Throttled:
@@ -100,6 +104,9 @@ class ClientDirectory:
         # Others that cache per client or per grant (the token writer's reuse cache) follow the
         # same invalidations: called with a client id, a "g:<grant id>" name, or None (all).
         self.on_forget: list[Callable[[str | None], None]] = []
+        # RFC 7523 client assertions (services.py wires it): they check against the records
+        # this directory hands out, with their own cache of each record's parsed keys.
+        self.assertions: AssertionVerifier | None = None
 
     @property
     def live(self) -> bool:

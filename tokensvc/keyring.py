@@ -8,8 +8,8 @@ into instances that reject each other's tokens.
 
 Everything the deployment derives from its keys goes through here: token tags (tokens.py),
 the keyed verifiers of client secrets, the CSRF tokens of the HTML forms, and what it keeps in
-Redis encrypted (JWT signing keys, reused JWTs: `seal`). Each use has its own subkey,
-HMAC(server key, purpose), so one value can never be replayed as another.
+Redis encrypted (JWT signing keys, reused JWTs, client_secret_jwt secrets: `seal`). Each use
+has its own subkey, HMAC(server key, purpose), so one value can never be replayed as another.
 
 Fingerprints name keys in Redis without revealing them: HMAC(key, "fingerprint"), 64 bits.
 """
@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 # What `seal` encrypts, each under its own subkey.
 SIGNING_KEYS = b"signing key encryption"
 REUSED_TOKENS = b"reused token encryption"
+# A client_secret_jwt client's secret: the server needs it to check the HMAC of its assertions.
+CLIENT_SECRETS = b"client secret encryption"
 
 
 def key_id(key: str) -> str:
@@ -62,7 +64,7 @@ class Keyring:
         self._csrf_keys = tuple(_subkey(k, b"csrf") for k in self.keys)
         self._aeads = {(kid, purpose): AESGCM(_subkey(k, purpose))
                        for kid, k in zip(self.ids, self.keys, strict=True)
-                       for purpose in (SIGNING_KEYS, REUSED_TOKENS)}
+                       for purpose in (SIGNING_KEYS, REUSED_TOKENS, CLIENT_SECRETS)}
 
     @property
     def signing_id(self) -> str:
@@ -132,6 +134,14 @@ class Keyring:
             return aead.decrypt(raw[:12], raw[12:], context)
         except (InvalidTag, binascii.Error, ValueError):
             return None
+
+    def seal_client_secret(self, client_id: str, secret: str) -> str:
+        """A client_secret_jwt client's secret as its record keeps it: sealed, bound to the id."""
+        return self.seal(CLIENT_SECRETS, secret.encode("utf-8"), client_id.encode("utf-8"))
+
+    def unseal_client_secret(self, client_id: str, sealed: str) -> bytes | None:
+        """The secret (the HMAC key of its assertions); None when its server key is gone."""
+        return self.unseal(CLIENT_SECRETS, sealed, client_id.encode("utf-8"))
 
     @staticmethod
     def sealed_under(sealed: str) -> str:

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+# RFC 7523 §2.2 / OpenID Connect Core §9: the client proves itself with a signed JWT.
+PRIVATE_KEY_JWT = "private_key_jwt"
+CLIENT_SECRET_JWT = "client_secret_jwt"  # noqa: S105 -- a method name, not a secret
+ASSERTION_METHODS = frozenset((PRIVATE_KEY_JWT, CLIENT_SECRET_JWT))
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", CLIENT_SECRET_JWT, PRIVATE_KEY_JWT,
+                "none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +44,14 @@ class Client:
     # RFC 9068: "jwt" (self-contained access tokens signed by the deployment's key) or
     # "opaque" (tsv_at_...); None follows TOKENSVC_ACCESS_TOKEN_FORMAT.
     access_token_format: str | None = None
+    # RFC 7591 §2 `jwks`: the client's PUBLIC keys as a JWK Set ({"keys": [...]}), which
+    # private_key_jwt assertions are verified with (assertions.py). Checked on write
+    # (jwkset.py): public members only, no symmetric keys, RSA >= 2048 bits, unique kids.
+    jwks: dict[str, Any] | None = None
+    # client_secret_jwt only: the secret itself, AES-256-GCM under a server subkey
+    # (keyring.CLIENT_SECRETS, the client id authenticated with it), since the server needs it
+    # as the HMAC key of the client's assertions. Never plaintext; None for every other method.
+    secret_sealed: str | None = None
 
     @property
     def is_public(self) -> bool:

@@ -1,7 +1,12 @@
 """Client and user administration, shared by the admin API and the CLI.
 
 Input arrives as loose JSON (admin API, CLI flags); it is validated here into frozen models.
-Client secrets are generated here, returned once, and only their argon2id hash is stored.
+Client secrets are generated here, returned once, and only their argon2id hash is stored (and,
+for a client_secret_jwt client, whose assertions the server checks with the secret itself, the
+secret sealed under a server subkey: `Keyring.seal_client_secret`).
+
+A private_key_jwt client has `jwks` and no secret at all; authmethods.py says which switches
+of method are edits and which need a secret rotation naming the method.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tokensvc import resources
+from tokensvc.authmethods import SECRETLESS, auth_method, switch
 from tokensvc.errors import Conflict, InvalidRequest, NotFound
 from tokensvc.grants import GRANT_TYPES
 from tokensvc.hashing import Hasher
-from tokensvc.models import AUTH_METHODS, Client, Lockout, User
+from tokensvc.jwkset import check_jwks
+from tokensvc.models import CLIENT_SECRET_JWT, PRIVATE_KEY_JWT, Client, Lockout, User
 from tokensvc.scopes import is_scope_token
 from tokensvc.settings import ACCESS_TOKEN_FORMATS, MAX_TTL
 from tokensvc.storage import RegistryStorage
@@ -27,10 +34,10 @@ _CONFIG_INTS = ("access_token_ttl", "refresh_token_ttl", "max_user_login_attempt
 # Ten years: a lifetime must fit Redis' PX and the 64-bit `exp` of a token record.
 _EDITABLE = ("name", "redirect_uris", "scopes", "grant_types", "website",
              "reuse_tokens", "require_verified_users", *_CONFIG_INTS, "introspection", "resources",
-             "access_token_format")
+             "access_token_format", "jwks", "token_endpoint_auth_method")
 # RFC 7662 §4: whose tokens a client may introspect, its own or (a resource server) anyone's.
 INTROSPECTION = ("own", "all")
-_CREATABLE = (*_EDITABLE, "token_endpoint_auth_method")
+_CREATABLE = _EDITABLE
 _USER_FIELDS = ("username", "password", "verified")
 
 
@@ -148,6 +155,8 @@ def _config(doc: Mapping[str, Any]) -> dict[str, Any]:
         if doc["reuse_tokens"] is not None and not isinstance(doc["reuse_tokens"], bool):
             raise InvalidRequest("'reuse_tokens' must be true, false or null (the global default).")
         out["reuse_tokens"] = doc["reuse_tokens"]
+    if "jwks" in doc:
+        out["jwks"] = None if doc["jwks"] is None else check_jwks(doc["jwks"])
     if "require_verified_users" in doc:
         if not isinstance(doc["require_verified_users"], bool):
             raise InvalidRequest("'require_verified_users' must be true or false.")
@@ -170,6 +179,9 @@ def _check_client(client: Client) -> Client:
             raise InvalidRequest(f"scope '{s[:64]}' is not a valid scope token (RFC 6749 §3.3).")
     for uri in client.redirect_uris:
         _redirect_uri(uri)
+    if client.token_endpoint_auth_method == PRIVATE_KEY_JWT and not client.jwks:
+        raise InvalidRequest("private_key_jwt needs 'jwks': the client's public keys, which its "
+                             "assertions are verified with.")
     return client
 
 
@@ -179,7 +191,7 @@ def client_view(client: Client, secret: str | None = None) -> dict[str, Any]:
     if secret is not None:
         view["client_secret"] = secret
     view.update({k: v for k, v in dataclasses.asdict(client).items()
-                 if k not in ("client_id", "secret_hash", "secret_verifier")})
+                 if k not in ("client_id", "secret_hash", "secret_verifier", "secret_sealed")})
     for name in ("grant_types", "scopes", "redirect_uris", "resources"):
         view[name] = list(view[name])
     return view
@@ -189,28 +201,37 @@ class Registry:
     """Creates, edits and revokes clients and users."""
 
     def __init__(self, store: RegistryStorage, hasher: Hasher,
-                 verifier: Callable[[str, str], str] | None = None) -> None:
+                 verifier: Callable[[str, str], str] | None = None,
+                 sealer: Callable[[str, str], str] | None = None) -> None:
         self.store = store
         self.hasher = hasher
         # Keyring.secret_verifier, unless the deployment keeps argon2 per worker: a new secret
         # is known here, so its verifier is written with its hash and no worker ever runs
         # argon2 for it.
         self.verifier = verifier
+        # Keyring.seal_client_secret when the server keys are known (always in the service):
+        # what keeps a client_secret_jwt client's secret.
+        self.sealer = sealer
 
-    async def _secret_fields(self, client_id: str, secret: str) -> dict[str, Any]:
+    async def _secret_fields(self, client_id: str, secret: str, method: str) -> dict[str, Any]:
+        sealed = None
+        if method == CLIENT_SECRET_JWT:
+            if self.sealer is None:
+                raise InvalidRequest("client_secret_jwt keeps the secret sealed under the server "
+                                     "key, which is not known here: set TOKENSVC_SECRET_KEYS.")
+            sealed = self.sealer(client_id, secret)
         return {"secret_hash": await self.hasher.hash(secret),
-                "secret_verifier": None if self.verifier is None else self.verifier(client_id, secret)}
+                "secret_verifier": None if self.verifier is None else self.verifier(client_id, secret),
+                "secret_sealed": sealed}
 
     async def create_client(self, doc: Mapping[str, Any]) -> tuple[Client, str | None]:
         """A new client and its secret (None for public clients), which is never shown again."""
         _known_fields(doc, _CREATABLE, "set")
-        method = doc.get("token_endpoint_auth_method", "client_secret_basic")
-        if method not in AUTH_METHODS:
-            raise InvalidRequest(f"token_endpoint_auth_method must be one of {', '.join(AUTH_METHODS)}.")
+        method = auth_method(doc, "client_secret_basic")
         public = method == "none"
         default_grants = ("password", "refresh_token") if public else (
             "client_credentials", "password", "refresh_token")
-        secret = None if public else new_secret()
+        secret = None if method in SECRETLESS else new_secret()
         client_id = new_client_id()
         client = _check_client(Client(
             client_id=client_id,
@@ -225,7 +246,7 @@ class Registry:
             **_config(doc),
         ))
         if secret is not None:
-            client = dataclasses.replace(client, **await self._secret_fields(client_id, secret))
+            client = dataclasses.replace(client, **await self._secret_fields(client_id, secret, method))
         if not await self.store.put_client(client, new=True):
             raise Conflict("A client with that id already exists.")
         return client, secret
@@ -247,17 +268,30 @@ class Registry:
         for name in ("redirect_uris", "scopes", "grant_types"):
             if name in doc:
                 changes[name] = _strings(doc, name) or ()
+        method = auth_method(doc, current.token_endpoint_auth_method)
+        if method != current.token_endpoint_auth_method:
+            changes.update(switch(current, method))
         client = _check_client(dataclasses.replace(current, **changes))
         if not await self.store.put_client(client, new=False, previous=current):
             raise NotFound("No such client.")
         return client
 
-    async def rotate_secret(self, client_id: str) -> tuple[Client, str]:
+    async def rotate_secret(self, client_id: str, method: str | None = None) -> tuple[Client, str]:
+        """A new secret, shown once; with `method`, the client switches to that secret method
+        in the same write (the only way to client_secret_jwt, or from private_key_jwt)."""
         current = await self.client(client_id)
-        if current.is_public:
+        method = current.token_endpoint_auth_method if method is None else auth_method(
+            {"token_endpoint_auth_method": method}, "")
+        if current.is_public or method == "none":
             raise InvalidRequest("A public client has no secret.")
+        if method == PRIVATE_KEY_JWT:
+            raise InvalidRequest("A private_key_jwt client has no secret. To switch it to a secret, "
+                                 "name the method: {\"token_endpoint_auth_method\": "
+                                 "\"client_secret_basic\"} (or client_secret_post, client_secret_jwt).")
         secret = new_secret()
-        client = dataclasses.replace(current, **await self._secret_fields(client_id, secret))
+        client = _check_client(dataclasses.replace(
+            current, token_endpoint_auth_method=method,
+            **await self._secret_fields(client_id, secret, method)))
         if not await self.store.put_client(client, new=False):
             raise NotFound("No such client.")
         return client, secret

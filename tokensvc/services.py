@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tokensvc.assertions import AssertionVerifier
 from tokensvc.clients import ClientDirectory
 from tokensvc.fleet import Fleet
 from tokensvc.hashing import Hasher
@@ -45,6 +46,8 @@ class Services:
                                   failure_limit=settings.client_auth_failure_limit,
                                   failure_window=settings.client_auth_failure_window,
                                   keyring=None if settings.argon2_per_worker else keyring)
+        clients.assertions = AssertionVerifier(store, keyring, settings.issuer_url,
+                                               settings.secret_cache_size)
         signer = Signer(store, keyring, settings)
         tokens = TokenWriter(store, codec, clients, settings, signer)
         fleet = Fleet(store.redis, keyring, settings.fleet_heartbeat)

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import click
 from redis.exceptions import RedisError
@@ -25,6 +25,7 @@ from tokensvc.fleet import Fleet, KeyMismatch
 from tokensvc.grants import GRANT_TYPES
 from tokensvc.hashing import Hasher
 from tokensvc.keyring import Keyring
+from tokensvc.models import AUTH_METHODS
 from tokensvc.registry import INTROSPECTION, Registry, client_view, user_view
 from tokensvc.settings import ACCESS_TOKEN_FORMATS, ENV_PREFIX, Settings
 from tokensvc.signing import Signer
@@ -66,6 +67,13 @@ def _cli_verifier(cfg: Settings) -> Callable[[str, str], str] | None:
     return Keyring(keys).secret_verifier if keys else None
 
 
+def _cli_sealer(cfg: Settings) -> Callable[[str, str], str] | None:
+    """Sealing of client_secret_jwt secrets, under the deployment's keys when known (else the
+    Registry refuses that method and says why)."""
+    keys = _server_keys(cfg)
+    return Keyring(keys).seal_client_secret if keys else None
+
+
 def _run_admin(flags: Mapping[str, Any], action: Callable[[Registry], Awaitable[T]]) -> T:
     """Run one registry action against the service's Redis; its refusals exit 1 with their text."""
     cfg = _admin_settings(flags)
@@ -77,7 +85,7 @@ def _run_admin(flags: Mapping[str, Any], action: Callable[[Registry], Awaitable[
         store = open_store(url, cluster=cfg.redis_cluster, timeout=cfg.redis_timeout, pool_size=4)
         hasher = Hasher(cfg.password_time_cost, cfg.password_memory_cost, cfg.password_parallelism)
         try:
-            return await action(Registry(store, hasher, _cli_verifier(cfg)))
+            return await action(Registry(store, hasher, _cli_verifier(cfg), _cli_sealer(cfg)))
         finally:
             await store.close()
 
@@ -119,11 +127,16 @@ def client() -> None:
               help="Whose tokens the client may introspect: its own, or all (a resource server).")
 @click.option("--access-token-format", type=click.Choice(ACCESS_TOKEN_FORMATS),
               help="opaque or jwt (RFC 9068) access tokens. Default: TOKENSVC_ACCESS_TOKEN_FORMAT.")
+@click.option("--auth-method", type=click.Choice([m for m in AUTH_METHODS if m != "none"]),
+              help="How the client authenticates (default client_secret_basic); private_key_jwt "
+                   "needs --jwks and gets no secret.")
+@click.option("--jwks", "jwks_file", type=click.File("rb"), metavar="FILE",
+              help="The client's public keys, a JWK Set file ('-': standard input).")
 @_admin_options
 def client_create(name: str, redirect_uris: tuple[str, ...], scopes: tuple[str, ...],
                   grant_types: tuple[str, ...], website: str | None, public: bool,
                   resources: tuple[str, ...], introspection: str, access_token_format: str | None,
-                  **flags: Any) -> None:
+                  auth_method: str | None, jwks_file: IO[bytes] | None, **flags: Any) -> None:
     """Create a client and print it as JSON, with its secret: the only time the secret is shown."""
     doc: dict[str, Any] = {"name": name, "redirect_uris": list(redirect_uris), "scopes": list(scopes),
                            "resources": list(resources), "introspection": introspection,
@@ -132,8 +145,17 @@ def client_create(name: str, redirect_uris: tuple[str, ...], scopes: tuple[str, 
         doc["grant_types"] = list(grant_types)
     if website is not None:
         doc["website"] = website
+    if public and auth_method is not None:
+        raise CliError("--public and --auth-method exclude each other: a public client uses none.")
     if public:
         doc["token_endpoint_auth_method"] = "none"  # noqa: S105 -- a method name, not a password
+    elif auth_method is not None:
+        doc["token_endpoint_auth_method"] = auth_method
+    if jwks_file is not None:
+        try:
+            doc["jwks"] = json.loads(jwks_file.read())
+        except ValueError:
+            raise CliError("--jwks: the file is not JSON (a JWK Set, {\"keys\": [...]}).") from None
 
     async def create(registry: Registry) -> dict[str, Any]:
         made, secret = await registry.create_client(doc)
@@ -172,12 +194,16 @@ def client_show(client_id: str, **flags: Any) -> None:
 
 @client.command("rotate-secret")
 @click.argument("client_id")
+@click.option("--auth-method", type=click.Choice(["client_secret_basic", "client_secret_post",
+                                                  "client_secret_jwt"]),
+              help="Switch the client to this secret method with the new secret (the way to "
+                   "client_secret_jwt, or from private_key_jwt).")
 @_admin_options
-def client_rotate_secret(client_id: str, **flags: Any) -> None:
+def client_rotate_secret(client_id: str, auth_method: str | None, **flags: Any) -> None:
     """Give a client a new secret (the old one stops working) and print it once, as JSON."""
 
     async def rotate(registry: Registry) -> dict[str, Any]:
-        made, secret = await registry.rotate_secret(client_id)
+        made, secret = await registry.rotate_secret(client_id, auth_method)
         return client_view(made, secret)
 
     _print_json(_run_admin(flags, rotate))

@@ -36,8 +36,9 @@ def _paging(request: Request, name: str, default: int, low: int, high: int) -> i
 class AdminEndpoints:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
+        keyring = svc.codec.keyring
         self.registry = Registry(svc.store, svc.hasher, None if svc.settings.argon2_per_worker
-                                 else svc.codec.keyring.secret_verifier)
+                                 else keyring.secret_verifier, keyring.seal_client_secret)
         self.key = AdminKey(admin_key_of(svc.settings))
         self._guard = self.key.check
 
@@ -74,7 +75,12 @@ class AdminEndpoints:
     async def client_secret(self, request: Request) -> Response:
         self._guard(request)
         client_id = request.path_params["client_id"]
-        client, secret = await self.registry.rotate_secret(client_id)
+        # Optional {"token_endpoint_auth_method": ...}: switch to that secret method with the
+        # new secret (registry.py says which switches need one).
+        doc = await self._doc(request)
+        if set(doc) - {"token_endpoint_auth_method"}:
+            raise InvalidRequest("The secret rotation takes only token_endpoint_auth_method.")
+        client, secret = await self.registry.rotate_secret(client_id, doc.get("token_endpoint_auth_method"))
         audit.info("admin rotated the secret of client %s", client_id)
         return json_response(client_view(client, secret), no_store=True)
 

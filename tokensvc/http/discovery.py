@@ -5,12 +5,16 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tokensvc.assertions import SECRET_ALGS
 from tokensvc.errors import StoreUnavailable
 from tokensvc.grants import GRANTS
 from tokensvc.http.responses import error_body, json_response
+from tokensvc.jwkset import KEY_ALGS
 from tokensvc.services import Services
 
-_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt"]
+# RFC 8414 §2: what client assertions (private_key_jwt, client_secret_jwt) may be signed with.
+_ASSERTION_ALGS = [*KEY_ALGS, *SECRET_ALGS]
 # RFC 8414 §2: the revocation and introspection endpoints' methods may be names from the "OAuth
 # Token Endpoint Authentication Methods" registry "or those registered in the IANA 'OAuth Access
 # Token Types' registry" (kept distinct by §7.2), the latter meaning the caller presents an
@@ -40,6 +44,9 @@ def metadata(svc: Services) -> dict[str, object]:
         "token_endpoint_auth_methods_supported": [*_AUTH_METHODS, "none"],
         "revocation_endpoint_auth_methods_supported": [*_AUTH_METHODS, "none", _BEARER],
         "introspection_endpoint_auth_methods_supported": _AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": _ASSERTION_ALGS,
+        "revocation_endpoint_auth_signing_alg_values_supported": _ASSERTION_ALGS,
+        "introspection_endpoint_auth_signing_alg_values_supported": _ASSERTION_ALGS,
     }
 
 

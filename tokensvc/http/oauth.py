@@ -76,7 +76,7 @@ class OAuthEndpoints:
         if grant is None:
             raise UnsupportedGrantType(f"The grant_type '{grant_type[:64]}' is not supported.")
         auth = await authenticate(request.headers.get("authorization"), params, svc.clients,
-                                  allow_public=grant.allows_public)
+                                  allow_public=grant.allows_public, endpoint=request.scope["path"])
         if grant_type not in auth.client.grant_types:
             raise UnauthorizedClient(f"The client may not use grant_type={grant_type}.")
         result = await grant.handle(GrantContext(auth.client, params, svc.tokens, svc.store,
@@ -106,7 +106,7 @@ class OAuthEndpoints:
             client_id, username = caller.client_id, caller.username
         else:
             auth = await authenticate(request.headers.get("authorization"), params, svc.clients,
-                                      allow_public=True)
+                                      allow_public=True, endpoint=request.scope["path"])
             client_id = auth.client.client_id
         token = params.get("token")
         if token is None:
@@ -138,7 +138,7 @@ class OAuthEndpoints:
             raise InvalidRequest(_INTROSPECT_QUERY)
         params = await read_params(request, self.limit, self.timeout)
         caller = (await authenticate(request.headers.get("authorization"), params, svc.clients,
-                                     allow_public=False)).client
+                                     allow_public=False, endpoint=request.scope["path"])).client
         token = params.get("token")
         if token is None:
             raise InvalidRequest("token is required.")

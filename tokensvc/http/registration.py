@@ -199,6 +199,11 @@ class RegistrationEndpoints:
         if client_uri is not None and urlsplit(client_uri).scheme not in ("http", "https"):
             raise InvalidClientMetadata("'client_uri' must be an http(s) URL.")
         method = doc.get("token_endpoint_auth_method")
+        if doc.get("jwks_uri") is not None:
+            # Keys fetched from a URL would make every authentication depend on the client's
+            # server (and this one fetch from wherever a registrant points it).
+            raise InvalidClientMetadata("'jwks_uri' is not supported: register the public keys "
+                                        "themselves in 'jwks'.")
         fields = {
             "name": _text(doc, "client_name") or _default_name(uris),
             "redirect_uris": list(uris),
@@ -207,6 +212,8 @@ class RegistrationEndpoints:
             "website": client_uri,
             "token_endpoint_auth_method": "client_secret_basic" if method is None else method,
         }
+        if doc.get("jwks") is not None:
+            fields["jwks"] = doc["jwks"]  # RFC 7591 §2; checked by Registry (jwkset.py)
         return fields, response_types
 
 
@@ -229,4 +236,6 @@ def _rfc7591_view(client: Client, secret: str | None,
         view["scope"] = " ".join(client.scopes)
     if client.website is not None:
         view["client_uri"] = client.website
+    if client.jwks is not None:
+        view["jwks"] = client.jwks
     return view

@@ -39,7 +39,17 @@ Signing key (field <kid> of the hash `tsv:{jwks}:keys`; signing_key_*.lua):
     s    superseded: when the next key activates;  r  retires: s + l + a margin, when it leaves
 Client and user records: the dataclass fields of `models.Client` and `models.User`; a field
 added later reads as its default in a record written before it (`introspection` "own",
-`resources` none).
+`resources` none, `jwks` and `secret_sealed` null). Of a client's credentials:
+    secret_hash      argon2id hash of the secret (null: public or private_key_jwt, no secret)
+    secret_verifier  `<key id>:<HMAC>` of the secret under a server subkey (clients.py)
+    secret_sealed    client_secret_jwt only: `<key id>.<base64url(nonce | AES-256-GCM)>`, the
+                     secret sealed under the keyring.CLIENT_SECRETS subkey with the client id
+                     authenticated, since the server must hold it as the assertions' HMAC key;
+                     null for every other method, and dropped when the client leaves that method
+    jwks             RFC 7517 JWK Set of the client's public keys ({"keys": [...]}, checked by
+                     jwkset.py: no private members, no oct keys), for private_key_jwt
+Client assertion `jti` (`tsv:{c:<client id>}:jti:<SHA-256 of the jti, base64url>`): "1", set
+    NX with a TTL until the assertion's exp plus the leeway, so each jti is accepted once.
 Consent (field <client id> of `tsv:{u:...}:consents`):  s  scopes approved;  t  when (epoch ms)
 Lockout (login_attempt.lua, login_result.lua): `tsv:{u:...}:fails` the consecutive failed
     password checks, through any client (an integer); `tsv:{u:...}:locked` "1" while the user

@@ -17,10 +17,12 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tokensvc.authmethods import needs_new_secret
 from tokensvc.errors import OAuthError
 from tokensvc.grants import GRANT_TYPES
 from tokensvc.http.admin import MAX_OFFSET
-from tokensvc.models import Client, Lockout
+from tokensvc.jwkset import check_jwks
+from tokensvc.models import AUTH_METHODS, Client, Lockout
 from tokensvc.registry import Registry
 from tokensvc.services import Services
 from tokensvc.web.consoleauth import NOTICES, AdminSession, ConsoleAuth
@@ -29,6 +31,8 @@ from tokensvc.web.pages import static_file
 PAGE_SIZE = 50
 SORTS = ("name", "used", "created")
 SCRIPT = static_file("console.js")
+# The confidential methods offered by the forms (a public client is the form's "Public" type).
+CONFIDENTIAL_METHODS = tuple(m for m in AUTH_METHODS if m != "none")
 
 
 class Console(ConsoleAuth):
@@ -83,7 +87,8 @@ class Console(ConsoleAuth):
         if session is None:
             return self.back("/admin/console/login")
         return self.render("client_new.html", session, grant_types=GRANT_TYPES,
-                           once=secrets.token_urlsafe(24), form={}, error=None)
+                           methods=CONFIDENTIAL_METHODS, once=secrets.token_urlsafe(24), form={},
+                           error=None)
 
     async def create_client(self, request: Request) -> Response:
         session, form, refused = await self.guarded(request)
@@ -95,17 +100,21 @@ class Console(ConsoleAuth):
             "redirect_uris": form.get("redirect_uris", "").split(),
             "scopes": form.get("scopes", "").split(),
             "grant_types": form.get("grant_types", "").split(),
-            "token_endpoint_auth_method": "none" if form.get("type") == "public" else "client_secret_basic",
+            "token_endpoint_auth_method": "none" if form.get("type") == "public"
+            else form.get("auth_method", "client_secret_basic"),
         }
         if form.get("website"):
             doc["website"] = form["website"]
         try:
+            if form.get("jwks", "").strip():
+                doc["jwks"] = _jwks(form["jwks"])
             if not await self.first_use(form):
                 return self.back("/admin", "resubmitted")
             client, secret = await self.registry.create_client(doc)
-        except OAuthError as exc:
+        except (OAuthError, _Refused) as exc:
             return self.render("client_new.html", session, 400, grant_types=GRANT_TYPES,
-                               once=secrets.token_urlsafe(24), form=form, error=exc.description)
+                               methods=CONFIDENTIAL_METHODS, once=secrets.token_urlsafe(24), form=form,
+                               error=exc.description if isinstance(exc, OAuthError) else str(exc))
         self.audit(request, session, "client.create", client=client.client_id)
         return self.render("secret.html", session, client=client, secret=secret, created=True)
 
@@ -127,6 +136,9 @@ class Console(ConsoleAuth):
         return self.render("client.html", session, status, client=client, issued=issued, failed=failed,
                            last_used=await self.svc.store.last_used(client.client_id),
                            defaults=settings, once=secrets.token_urlsafe(24), error=error,
+                           methods=CONFIDENTIAL_METHODS,
+                           jwks_text=orjson.dumps(client.jwks, option=orjson.OPT_INDENT_2).decode()
+                           if client.jwks else "",
                            notice=NOTICES.get(request.query_params.get("done", "")))
 
     async def client_action(self, request: Request) -> Response:
@@ -156,6 +168,25 @@ class Console(ConsoleAuth):
             elif action == "configure":
                 await self.registry.update_client(client_id, _configuration(form))
                 done = "configured"
+            elif action == "authentication":
+                method = form.get("auth_method", "")
+                jwks = _jwks(form["jwks"]) if form.get("jwks", "").strip() else None
+                if not needs_new_secret(client, method):
+                    await self.registry.update_client(
+                        client_id, {"token_endpoint_auth_method": method, "jwks": jwks})
+                    done = "authentication"
+                else:
+                    # A switch that needs a secret the server does not hold: the new one, shown
+                    # once. The keys are checked first, so a refusal changes nothing.
+                    jwks = None if jwks is None else check_jwks(jwks)
+                    if not await self.first_use(form):
+                        return self.back(here, "resubmitted")
+                    client, secret = await self.registry.rotate_secret(client_id, method)
+                    if jwks != client.jwks:
+                        client = await self.registry.update_client(client_id, {"jwks": jwks})
+                    self.audit(request, session, "client.rotate-secret", client=client_id)
+                    return self.render("secret.html", session, client=client, secret=secret,
+                                       created=False)
             elif action == "rotate":
                 if not await self.first_use(form):
                     return self.back(here, "resubmitted")
@@ -256,6 +287,14 @@ def _table_link(sort: str, descending: bool, search: str) -> dict[str, str]:
         params = {"sort": column, "dir": flip, **({"q": search} if search else {})}
         links[column] = "/admin?" + urlencode(params)
     return links
+
+
+def _jwks(text: str) -> Any:
+    """The JWKS textarea as a document (the Registry checks what it holds)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise _Refused("The JWKS is not valid JSON: paste a JWK Set, {\"keys\": [...]}.") from None
 
 
 def _configuration(form: dict[str, str]) -> dict[str, Any]:

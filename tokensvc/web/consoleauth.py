@@ -44,6 +44,7 @@ NOTICES = {
     "renamed": "The client was renamed.",
     "edited": "Redirect URIs, scopes and website were saved.",
     "configured": "The configuration was saved. New tokens follow it at once.",
+    "authentication": "The client authentication method and keys were saved.",
     "revoked": "The client was revoked. Every token it held stopped working.",
     "resubmitted": "That form was already sent. A secret is shown only once and cannot be shown again.",
     "user-created": "The user was created.",
