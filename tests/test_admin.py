@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from jwskate import Jwk
 
 from tests.support.api import cc_token, new_client, new_user, password_token
 from tests.support.assertions import assert_error, bearer_challenge
@@ -18,7 +19,7 @@ from tokensvc.store import keys
 CLIENT_FIELDS = {"client_id", "name", "token_endpoint_auth_method", "grant_types", "scopes",
                  "redirect_uris", "website", "created_at", "access_token_ttl", "refresh_token_ttl",
                  "reuse_tokens", "max_user_login_attempts", "require_verified_users", "introspection",
-                 "resources", "access_token_format"}
+                 "resources", "access_token_format", "jwks"}
 
 
 def assert_json(resp: httpx.Response, status: int, *, no_store: bool = False) -> Any:
@@ -97,7 +98,7 @@ async def test_create_client_shows_the_secret_once(http: httpx.AsyncClient,
         "redirect_uris": ["https://app.example/cb"], "website": "https://app.example",
         "created_at": created["created_at"], "access_token_ttl": None, "refresh_token_ttl": None,
         "reuse_tokens": None, "max_user_login_attempts": None, "require_verified_users": False,
-        "introspection": "own", "resources": [], "access_token_format": None,
+        "introspection": "own", "resources": [], "access_token_format": None, "jwks": None,
     }
     assert before <= created["created_at"] <= int(time.time())
     # The secret works ...
@@ -132,8 +133,11 @@ async def test_create_client_defaults_and_public_clients(http: httpx.AsyncClient
 @pytest.mark.parametrize(("doc", "description"), [
     ({}, "'name' is required."),
     ({"name": ""}, "'name' must be a non-empty string of at most 200 characters."),
+    ({"name": "n", "token_endpoint_auth_method": "tls_client_auth"},
+     "token_endpoint_auth_method must be one of client_secret_basic, client_secret_post, "
+     "client_secret_jwt, private_key_jwt, none."),
     ({"name": "n", "token_endpoint_auth_method": "private_key_jwt"},
-     "token_endpoint_auth_method must be one of client_secret_basic, client_secret_post, none."),
+     "private_key_jwt needs 'jwks': the client's public keys, which its assertions are verified with."),
     ({"name": "n", "token_endpoint_auth_method": "none", "grant_types": ["client_credentials"]},
      "a public client cannot use client_credentials (RFC 6749 §4.4)."),
     ({"name": "n", "redirect_uris": ["https://a.example/cb#x"]},
@@ -258,7 +262,13 @@ PATCH_REFUSALS: list[tuple[dict[str, Any], str]] = [
     ({"client_secret": "tsv_cs_mine"}, "Cannot change: client_secret."),
     ({"secret_hash": "$argon2id$x"}, "Cannot change: secret_hash."),
     ({"client_id": "other"}, "Cannot change: client_id."),
-    ({"token_endpoint_auth_method": "none"}, "Cannot change: token_endpoint_auth_method."),
+    ({"token_endpoint_auth_method": "none"},
+     "A client cannot switch between public (none) and confidential authentication; create a new client."),
+    ({"token_endpoint_auth_method": "private_key_jwt"},
+     "private_key_jwt needs 'jwks': the client's public keys, which its assertions are verified with."),
+    ({"jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]}},
+     "'jwks' must hold public keys only: a symmetric (oct) key is a shared secret; use "
+     "client_secret_jwt for that."),
     ({"created_at": 0, "name": "ok"}, "Cannot change: created_at."),
     ({"name": ""}, "'name' must be a non-empty string of at most 200 characters."),
     ({"name": None}, "'name' is required."),
@@ -382,7 +392,7 @@ async def test_delete_client_then_404(http: httpx.AsyncClient, redis_db: redis.R
 async def test_unknown_client_is_404(http: httpx.AsyncClient, redis_db: redis.Redis, method: str,
                                      path: str) -> None:
     resp = await http.request(method, path, headers=ADMIN, json={"name": "x"})
-    assert_error(resp, 404, "not_found", "No such client.")
+    assert_error(resp, 404, "not_found", "No such client.")  # before the body is looked at
     assert list(data_keys(redis_db)) == []
 
 
@@ -533,3 +543,109 @@ async def test_admin_body_size_is_limited(http: httpx.AsyncClient, redis_db: red
                            json={"name": "n", "website": "https://a.example/" + "x" * 70000})
     assert_error(resp, 413, "invalid_request", "The body exceeds 65536 bytes.")
     assert list(data_keys(redis_db)) == []
+
+
+# -- client authentication methods and keys (RFC 7523) ---------------------------------------
+
+EC = Jwk.generate(alg="ES256", kid="ec-1")
+RSA_1024 = Jwk.generate(alg="RS256", kid="small", key_size=1024)
+PRIVATE_EC = {**EC.to_dict()}  # with its `d`
+PUBLIC_EC = EC.public_jwk().to_dict()
+NOT_PUBLIC = ("'jwks' must hold public keys only: a key has the private member(s) d. Register the "
+              "public half.")
+
+
+@pytest.mark.parametrize(("jwks", "description"), [
+    ({"keys": [PRIVATE_EC]}, NOT_PUBLIC),
+    ({"keys": [{**RSA_1024.to_dict()}]}, "'jwks' must hold public keys only: a key has the private "
+     "member(s) d, dp, dq, p, q, qi. Register the public half."),
+    ({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "s"}]},
+     "'jwks' must hold public keys only: a symmetric (oct) key is a shared secret; use "
+     "client_secret_jwt for that."),
+    ({"keys": [RSA_1024.public_jwk().to_dict()]}, "'jwks': RSA keys must have at least 2048 bits."),
+    ({"keys": [PUBLIC_EC, PUBLIC_EC]}, "'jwks': the kid 'ec-1' is used twice; kids must be unique."),
+    ({"keys": [PUBLIC_EC, {k: v for k, v in PUBLIC_EC.items() if k != "kid"}]},
+     "'jwks': with several keys every key needs a kid, which assertions name to pick theirs."),
+    ({"keys": [{**PUBLIC_EC, "kid": str(i)} for i in range(11)]}, "'jwks' must hold 1 to 10 keys."),
+    ({"keys": []}, "'jwks' must hold 1 to 10 keys."),
+    ({"keys": [{**PUBLIC_EC, "pad": "x" * 17000}]}, "'jwks' must be at most 16 KB."),
+    ([PUBLIC_EC], "'jwks' must be a JWK Set: an object {\"keys\": [...]} (RFC 7517 §5)."),
+    ({"keys": [{**PUBLIC_EC, "crv": "P-384"}]}, "'jwks': key type 'EC' curve 'P-384' is not supported; "
+     "use RSA (RS256, PS256), EC P-256 (ES256) or OKP Ed25519 (EdDSA)."),
+    ({"keys": [{**PUBLIC_EC, "alg": "RS256"}]}, "'jwks': alg 'RS256' does not fit a EC key; use ES256."),
+    ({"keys": [{**PUBLIC_EC, "use": "enc"}]},
+     "'jwks': a key's 'use' must be \"sig\" (it verifies signatures)."),
+    ({"keys": [{**PUBLIC_EC, "x": "AAAA"}]}, None),
+], ids=["private-ec", "private-rsa", "oct", "rsa-1024", "dup-kid", "no-kid", "11-keys", "no-keys",
+        "too-big", "not-a-set", "p-384", "alg-mismatch", "use-enc", "bad-point"])
+async def test_jwks_is_refused_unless_public_usable_keys(http: httpx.AsyncClient, redis_db: redis.Redis,
+                                                         jwks: Any, description: str | None) -> None:
+    resp = await http.post("/admin/clients", headers=ADMIN, json={
+        "name": "n", "token_endpoint_auth_method": "private_key_jwt", "jwks": jwks})
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_request", resp.text
+    if description is not None:
+        assert resp.json()["error_description"] == description
+    else:
+        assert resp.json()["error_description"].startswith("'jwks': a key does not parse (")
+    assert list(data_keys(redis_db)) == []
+
+
+async def test_auth_method_switches_keep_drop_or_rotate_the_secret(
+        http: httpx.AsyncClient, redis_db: redis.Redis) -> None:
+    client = await new_client(http, grant_types=["client_credentials"])
+    cid = client["client_id"]
+    path = f"/admin/clients/{cid}"
+
+    async def patch(doc: dict[str, Any]) -> httpx.Response:
+        return await http.patch(path, headers=ADMIN, json=doc)
+
+    # basic -> post keeps the secret.
+    assert assert_json(await patch({"token_endpoint_auth_method": "client_secret_post"}),
+                       200)["token_endpoint_auth_method"] == "client_secret_post"
+    assert (await cc_token(http, client)).status_code == 200
+    # -> client_secret_jwt needs a new secret: refused, naming the rotation; nothing changed.
+    stored = redis_db.get(keys.client(cid))
+    assert_error(await patch({"token_endpoint_auth_method": "client_secret_jwt"}), 400, "invalid_request",
+                 "Switching to client_secret_jwt needs a new secret (the server keeps it sealed to check "
+                 f"the assertions): rotate the secret naming the method, POST /admin/clients/{cid}/secret "
+                 "with {\"token_endpoint_auth_method\": \"client_secret_jwt\"} (the console's rotation "
+                 "does the same); the new secret is shown once.")
+    assert redis_db.get(keys.client(cid)) == stored
+    rotated = assert_json(await http.post(f"{path}/secret", headers=ADMIN, json={
+        "token_endpoint_auth_method": "client_secret_jwt"}), 200, no_store=True)
+    assert rotated["token_endpoint_auth_method"] == "client_secret_jwt"
+    record = redis_db.get(keys.client(cid))
+    assert record is not None and b'"secret_sealed":"' in record
+    assert rotated["client_secret"].encode() not in record and "secret_sealed" not in rotated
+    # client_secret_jwt -> basic keeps the secret and drops the sealed copy.
+    await patch({"token_endpoint_auth_method": "client_secret_basic"})
+    record = redis_db.get(keys.client(cid))
+    assert record is not None and b'"secret_sealed":null' in record
+    resp = await http.post("/oauth/token", auth=(cid, rotated["client_secret"]),
+                           data={"grant_type": "client_credentials"})
+    assert resp.status_code == 200, resp.text
+    # -> private_key_jwt with keys: no secret any more, in the record or accepted.
+    done = assert_json(await patch({"token_endpoint_auth_method": "private_key_jwt",
+                                    "jwks": {"keys": [PUBLIC_EC]}}), 200)
+    assert done["jwks"] == {"keys": [PUBLIC_EC]}
+    record = redis_db.get(keys.client(cid))
+    assert record is not None and b"$argon2id$" not in record
+    resp = await http.post("/oauth/token", auth=(cid, rotated["client_secret"]),
+                           data={"grant_type": "client_credentials"})
+    assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"
+    assert_error(await http.post(f"{path}/secret", headers=ADMIN), 400, "invalid_request",
+                 "A private_key_jwt client has no secret. To switch it to a secret, name the method: "
+                 "{\"token_endpoint_auth_method\": \"client_secret_basic\"} (or client_secret_post, "
+                 "client_secret_jwt).")
+    assert_error(await patch({"token_endpoint_auth_method": "client_secret_basic"}), 400, "invalid_request",
+                 "Switching to client_secret_basic needs a new secret (the client has none): rotate the "
+                 f"secret naming the method, POST /admin/clients/{cid}/secret with "
+                 "{\"token_endpoint_auth_method\": \"client_secret_basic\"} (the console's rotation does "
+                 "the same); the new secret is shown once.")
+    back = assert_json(await http.post(f"{path}/secret", headers=ADMIN, json={
+        "token_endpoint_auth_method": "client_secret_basic"}), 200, no_store=True)
+    resp = await http.post("/oauth/token", auth=(cid, back["client_secret"]),
+                           data={"grant_type": "client_credentials"})
+    assert resp.status_code == 200, resp.text
+    assert_error(await http.post(f"{path}/secret", headers=ADMIN, json={"name": "x"}), 400,
+                 "invalid_request", "Cannot set on a secret rotation: name.")

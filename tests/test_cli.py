@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from jwskate import Jwk, Jwt, SymmetricJwk
 
 from tests.support.config import service_env
 from tests.support.redis_servers import RedisServer, free_port
@@ -194,6 +195,42 @@ def test_public_client_has_no_secret(service: CliService) -> None:
     made = json_out(service.cli("client", "create", "--name", "spa", "--public"))
     assert made["token_endpoint_auth_method"] == "none"
     assert "client_secret" not in made
+
+
+def test_client_create_with_key_based_authentication(service: CliService, tmp_path: Path) -> None:
+    """RFC 7523: --auth-method and --jwks; the command seals a client_secret_jwt secret under
+    the deployment's key (the embedded default's key file), so the service can check it."""
+    key = Jwk.generate(alg="ES256", kid="cli-1")
+    jwks = {"keys": [key.public_jwk().to_dict()]}
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks))
+    keyed = json_out(service.cli("client", "create", "--name", "batch", "--auth-method",
+                                 "private_key_jwt", "--jwks", str(tmp_path / "jwks.json")))
+    assert keyed["token_endpoint_auth_method"] == "private_key_jwt" and keyed["jwks"] == jwks
+    assert "client_secret" not in keyed
+    hmac = json_out(service.cli("client", "create", "--name", "hmac", "--auth-method",
+                                "client_secret_jwt"))
+    issuer = httpx.get(f"{service.url}/.well-known/oauth-authorization-server").json()["issuer"]
+    secret = SymmetricJwk.from_bytes(hmac["client_secret"].encode())
+    for client, signing in ((keyed, key), (hmac, secret)):
+        now = int(time.time())
+        assertion = Jwt.sign({"iss": client["client_id"], "sub": client["client_id"], "aud": issuer,
+                              "exp": now + 60, "jti": f"cli-{client['client_id']}"}, key=signing,
+                             alg="ES256" if client is keyed else "HS256")
+        resp = httpx.post(f"{service.url}/oauth/token", data={
+            "grant_type": "client_credentials", "client_assertion": str(assertion),
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"})
+        assert resp.status_code == 200, resp.text
+    both = service.cli("client", "create", "--name", "x", "--public", "--auth-method",
+                       "client_secret_post")
+    assert both.returncode == 1 and "--public and --auth-method exclude each other" in both.stderr
+    missing = service.cli("client", "create", "--name", "x", "--auth-method", "private_key_jwt")
+    assert missing.returncode == 1 and "private_key_jwt needs 'jwks'" in missing.stderr
+    # From private_key_jwt back to a secret: a rotation naming the method.
+    back = json_out(service.cli("client", "rotate-secret", keyed["client_id"], "--auth-method",
+                                "client_secret_basic"))
+    resp = httpx.post(f"{service.url}/oauth/token", data={"grant_type": "client_credentials"},
+                      auth=(keyed["client_id"], back["client_secret"]))
+    assert resp.status_code == 200, resp.text
 
 
 def test_rotate_secret_and_revoke_take_effect_on_the_running_service(service: CliService) -> None:

@@ -21,6 +21,7 @@ import httpx
 import orjson
 import pytest
 import redis
+from jwskate import Jwk
 
 from tests.support.api import cc_token, new_client, new_user
 from tests.support.apps import AppFactory
@@ -283,6 +284,7 @@ async def form_for(scene: Scene, name: str) -> tuple[str, dict[str, str]]:
         "edit": (target, {"action": "edit", "redirect_uris": "https://evil.example/cb", "scopes": "admin"}),
         "configure": (target, {"action": "configure", "access_token_ttl": "99999"}),
         "rotate": (target, {"action": "rotate"}),
+        "authentication": (target, {"action": "authentication", "auth_method": "client_secret_post"}),
         "revoke": (target, {"action": "revoke", "confirm": "yes"}),
         "user-create": (USERS, {"action": "create", "username": "mallory", "password": "mallory password"}),
         "verify": (USERS, {"action": "verify", "username": "alice"}),
@@ -299,8 +301,8 @@ async def form_for(scene: Scene, name: str) -> tuple[str, dict[str, str]]:
     return url, fields
 
 
-FORMS = ["sign-out", "create", "rename", "edit", "configure", "rotate", "revoke", "user-create", "verify",
-         "unverify", "unlock", "password", "delete"]
+FORMS = ["sign-out", "create", "rename", "edit", "configure", "rotate", "authentication", "revoke",
+         "user-create", "verify", "unverify", "unlock", "password", "delete"]
 
 
 @pytest.mark.parametrize("name", FORMS)
@@ -400,6 +402,77 @@ async def test_the_client_page_shows_and_sets_the_access_token_format(
     doc = (await http.get(f"/admin/clients/{scene.client_id}", headers={
         "Authorization": f"Bearer {ADMIN_KEY}"})).json()
     assert doc["access_token_format"] is None
+
+
+# -- client authentication methods (RFC 7523) ------------------------------------------------
+
+KEY = Jwk.generate(alg="ES256", kid="console-1")
+JWKS = {"keys": [KEY.public_jwk().to_dict()]}
+
+
+async def test_a_private_key_jwt_client_is_created_with_its_jwks(http: httpx.AsyncClient,
+                                                                 redis_db: redis.Redis) -> None:
+    console = await sign_in(http)
+    base = {"name": "Batch job", "grant_types": "client_credentials", "type": "confidential",
+            "auth_method": "private_key_jwt"}
+    before = snapshot(redis_db)
+    for jwks, error in ((orjson.dumps({"keys": [KEY.to_dict()]}).decode(),
+                         "&#39;jwks&#39; must hold public keys only: a key has the private member(s) d."),
+                        ('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}',
+                         "a symmetric (oct) key is a shared secret"),
+                        ("{not json", "The JWKS is not valid JSON"),
+                        ("", "private_key_jwt needs &#39;jwks&#39;")):
+        resp = await console.act(CREATE, once=await console.nonce(NEW), jwks=jwks, **base)
+        assert resp.status_code == 400 and error in resp.text, resp.text
+    after_refusals = snapshot(redis_db)
+    assert {k: v for k, v in after_refusals.items() if b":once" not in k and b":admin" not in k} == {
+        k: v for k, v in before.items() if b":once" not in k and b":admin" not in k}
+    resp = await console.act(CREATE, once=await console.nonce(NEW), jwks=orjson.dumps(JWKS).decode(),
+                             **base)
+    assert resp.status_code == 200, resp.text
+    assert 'id="client-secret"' not in resp.text
+    assert "authenticates with private_key_jwt: it has no secret" in resp.text
+    client_id = shown_id(resp.text)
+    doc = (await http.get(f"/admin/clients/{client_id}",
+                          headers={"Authorization": f"Bearer {ADMIN_KEY}"})).json()
+    assert doc["token_endpoint_auth_method"] == "private_key_jwt" and doc["jwks"] == JWKS
+    stored = redis_db.get(keys.client(client_id))
+    assert stored is not None and b'"secret_hash":null' in stored
+    page = (await console.get(clients_page(client_id))).text
+    assert '<dd id="auth-method">private_key_jwt</dd>' in page
+    assert '<option value="private_key_jwt" selected>' in page and "Rotate secret" not in page
+    assert KEY.public_jwk().to_dict()["x"] in page
+
+
+async def test_the_client_page_switches_the_authentication_method(scene: Scene,
+                                                                   http: httpx.AsyncClient) -> None:
+    console, page = scene.console, clients_page(scene.client_id)
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    # To client_secret_jwt: a new secret, shown once, kept sealed.
+    resp = await console.act(page, action="authentication", auth_method="client_secret_jwt",
+                             once=await console.nonce(page))
+    assert resp.status_code == 200 and "New secret: Target" in resp.text, resp.text
+    secret = shown_secret(resp.text)
+    assert "a copy encrypted under the server key" in resp.text
+    stored = scene.redis.get(keys.client(scene.client_id))
+    assert stored is not None and secret.encode() not in stored and b'"secret_sealed":"' in stored
+    doc = (await http.get(f"/admin/clients/{scene.client_id}", headers=admin)).json()
+    assert doc["token_endpoint_auth_method"] == "client_secret_jwt"
+    # To private_key_jwt: the keys, and no secret any more.
+    resp = await console.act(page, action="authentication", auth_method="private_key_jwt",
+                             jwks=orjson.dumps(JWKS).decode(), once=await console.nonce(page))
+    assert resp.status_code == 303 and resp.headers["location"].endswith("done=authentication")
+    shown = (await console.follow(resp)).text
+    assert "The client authentication method and keys were saved." in shown
+    assert '<dd id="auth-method">private_key_jwt</dd>' in shown
+    stored = scene.redis.get(keys.client(scene.client_id))
+    assert stored is not None and b"$argon2id$" not in stored
+    # A bad JWKS is refused on the page and changes nothing.
+    resp = await console.act(page, action="authentication", auth_method="private_key_jwt",
+                             jwks='{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}',
+                             once=await console.nonce(page))
+    assert resp.status_code == 400 and "a symmetric (oct) key is a shared secret" in resp.text
+    assert scene.redis.get(keys.client(scene.client_id)) == stored
 
 
 # -- headers -------------------------------------------------------------------------------

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from jwskate import Jwk, Jwt, SymmetricJwk
 
 from tests.support.api import cc_token, new_client, new_user, password_token
 from tests.support.apps import AppFactory
@@ -23,6 +26,14 @@ from tests.support.authflow import (
 from tests.support.config import ADMIN
 
 ISSUER = "http://testserver"
+SECRET_AND_KEY_METHODS = ["client_secret_basic", "client_secret_post", "client_secret_jwt",
+                          "private_key_jwt"]
+ASSERTION_ALGS = ["RS256", "PS256", "ES256", "EdDSA", "HS256", "HS384"]
+# A key for each asymmetric algorithm listed, for a private_key_jwt client.
+SIGNING_KEYS = {"RS256": Jwk.generate(alg="RS256", kid="rs", key_size=2048),
+                "PS256": Jwk.generate(alg="PS256", kid="ps", key_size=2048),
+                "ES256": Jwk.generate(alg="ES256", kid="es"),
+                "EdDSA": Jwk.generate(alg="EdDSA", kid="ed")}
 # metadata member -> (method, path) where this service would serve it
 KNOWN_ENDPOINTS = {
     "token_endpoint": ("POST", "/oauth/token"),
@@ -60,13 +71,13 @@ async def test_metadata_document(http: httpx.AsyncClient) -> None:
         "introspection_endpoint": f"{ISSUER}/oauth/introspect",
         "userinfo_endpoint": f"{ISSUER}/oauth/userinfo",
         "jwks_uri": f"{ISSUER}/.well-known/jwks.json",
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "token_endpoint_auth_methods_supported": [*SECRET_AND_KEY_METHODS, "none"],
         # `Bearer`: finAPI's `Authorization: Bearer <the client's own access token>`, by its
         # name in the "OAuth Access Token Types" registry, as RFC 8414 §2 allows here.
-        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post",
-                                                       "none", "Bearer"],
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic",
-                                                          "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": [*SECRET_AND_KEY_METHODS, "none", "Bearer"],
+        "introspection_endpoint_auth_methods_supported": SECRET_AND_KEY_METHODS,
+        **{f"{endpoint}_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGS
+           for endpoint in ("token", "revocation", "introspection")},
     }
     assert {k: doc.get(k) for k in stable} == stable
     assert set(doc["grant_types_supported"]) == {"authorization_code", "client_credentials",
@@ -153,17 +164,42 @@ IANA_AUTH_METHODS = {"none", "client_secret_post", "client_secret_basic", "clien
                      "private_key_jwt", "tls_client_auth", "self_signed_tls_client_auth"}
 IANA_TOKEN_TYPES = {"Bearer", "N_A", "PoP", "DPoP"}
 # The ones this test can make a request with; any other must not be listed.
-TRIED = ("client_secret_basic", "client_secret_post", "none", "Bearer")
+TRIED = ("client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt", "none",
+         "Bearer")
+
+
+def assertion(client_id: str, path: str, key: Jwk, alg: str) -> dict[str, str]:
+    """RFC 7523 client authentication parameters for a request to `path`."""
+    now = int(time.time())
+    jwt = Jwt.sign({"iss": client_id, "sub": client_id, "aud": f"{ISSUER}{path}", "iat": now,
+                    "exp": now + 60, "jti": str(uuid.uuid4())}, key=key, alg=alg)
+    return {"client_id": client_id, "client_assertion": str(jwt),
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"}
+
+
+async def key_clients(http: httpx.AsyncClient) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A private_key_jwt client with a key of each listed algorithm, a client_secret_jwt one."""
+    keyed = await new_client(http, token_endpoint_auth_method="private_key_jwt", jwks={
+        "keys": [k.public_jwk().to_dict() for k in SIGNING_KEYS.values()]})
+    return keyed, await new_client(http, token_endpoint_auth_method="client_secret_jwt")
 
 
 class Caller:
     """A confidential client and a public one, and requests that authenticate each way."""
 
     def __init__(self, http: httpx.AsyncClient, confidential: dict[str, Any],
-                 public: dict[str, Any]) -> None:
+                 public: dict[str, Any], keyed: dict[str, Any], hmac: dict[str, Any]) -> None:
         self.http = http
         self.confidential = confidential
         self.public = public
+        self.keyed = keyed
+        self.hmac = hmac
+
+    def assertion(self, method: str, path: str) -> dict[str, str]:
+        if method == "private_key_jwt":
+            return assertion(self.keyed["client_id"], path, SIGNING_KEYS["ES256"], "ES256")
+        secret = SymmetricJwk.from_bytes(self.hmac["client_secret"].encode())
+        return assertion(self.hmac["client_id"], path, secret, "HS256")
 
     async def own_token(self, method: str) -> str:
         """A fresh access token of the client that `method` authenticates."""
@@ -171,6 +207,9 @@ class Caller:
             resp = await self.http.post("/oauth/token", data={
                 "grant_type": "password", "client_id": self.public["client_id"],
                 "username": "alice", "password": "correct horse"})
+        elif method.endswith("_jwt"):
+            resp = await self.http.post("/oauth/token", data={
+                "grant_type": "client_credentials", **self.assertion(method, "/oauth/token")})
         else:
             resp = await cc_token(self.http, self.confidential)
         assert resp.status_code == 200, resp.text
@@ -185,6 +224,8 @@ class Caller:
             return await self.http.post(path, data={**data, "client_id": cid, "client_secret": secret})
         if method == "none":
             return await self.http.post(path, data={**data, "client_id": self.public["client_id"]})
+        if method.endswith("_jwt"):
+            return await self.http.post(path, data={**data, **self.assertion(method, path)})
         assert method == "Bearer"  # the confidential client's own access token
         return await self.http.post(path, data=data, headers={
             "Authorization": f"Bearer {await self.own_token(method)}"})
@@ -236,7 +277,7 @@ async def test_listed_auth_methods_are_exactly_those_that_work(http: httpx.Async
     assert set(listed) <= set(TRIED), f"{member} lists a method this test cannot try: {listed}"
     await new_user(http)
     caller = Caller(http, await new_client(http),
-                    await new_client(http, token_endpoint_auth_method="none"))
+                    await new_client(http, token_endpoint_auth_method="none"), *await key_clients(http))
     works = {method for method in TRIED if await ENDPOINT_CHECKS[member](caller, method)}
     assert set(listed) == works
 
@@ -291,6 +332,34 @@ async def test_listed_response_types_and_modes_work(http: httpx.AsyncClient) -> 
                               "Only response_type=code is supported.")
 
 
+@pytest.mark.parametrize("endpoint", ["token", "introspection", "revocation"])
+async def test_listed_assertion_algs_work_and_others_are_refused(http: httpx.AsyncClient,
+                                                                 endpoint: str) -> None:
+    """Each `*_endpoint_auth_signing_alg_values_supported` algorithm authenticates a client
+    there (private_key_jwt with a key of that type, client_secret_jwt with an HMAC), and
+    algorithms not listed are refused."""
+    doc = await metadata(http)
+    listed = doc[f"{endpoint}_endpoint_auth_signing_alg_values_supported"]
+    keyed, hmac = await key_clients(http)
+    path = {"token": "/oauth/token", "introspection": "/oauth/introspect",
+            "revocation": "/oauth/revoke"}[endpoint]
+    data = {"grant_type": "client_credentials"} if endpoint == "token" else {"token": "x"}
+    secret = SymmetricJwk.from_bytes(hmac["client_secret"].encode())
+    others = {"ES384": Jwk.generate(alg="ES384", kid="es"),
+              "RS512": Jwk.generate(alg="RS512", kid="rs", key_size=2048),
+              "HS512": secret}
+
+    async def works(alg: str) -> bool:
+        key = secret if alg.startswith("HS") else SIGNING_KEYS.get(alg) or others[alg]
+        client = hmac if alg.startswith("HS") else keyed
+        resp = await http.post(path, data={**data, **assertion(client["client_id"], path, key, alg)})
+        assert resp.status_code in (200, 401), resp.text
+        return resp.status_code == 200
+
+    assert [alg for alg in listed if await works(alg)] == listed
+    assert not any([await works(alg) for alg in others])
+
+
 # Each member the metadata may carry, and the test above that holds it to what is served.
 CHECKED_MEMBERS = {
     "issuer": test_metadata_document,
@@ -312,6 +381,12 @@ CHECKED_MEMBERS = {
         test_listed_auth_methods_are_exactly_those_that_work,
     "revocation_endpoint_auth_methods_supported":
         test_listed_auth_methods_are_exactly_those_that_work,
+    "token_endpoint_auth_signing_alg_values_supported":
+        test_listed_assertion_algs_work_and_others_are_refused,
+    "introspection_endpoint_auth_signing_alg_values_supported":
+        test_listed_assertion_algs_work_and_others_are_refused,
+    "revocation_endpoint_auth_signing_alg_values_supported":
+        test_listed_assertion_algs_work_and_others_are_refused,
 }
 
 

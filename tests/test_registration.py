@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from jwskate import Jwk
 
 from tests.support.apps import AppFactory
 from tests.support.assertions import assert_error, assert_json, bearer_challenge
@@ -25,6 +26,8 @@ THROTTLED = "Too many client registrations from this address; retry later."
 GANCIO = {"client_name": "Wordpress Event Manager", "redirect_uris": "https://noblogs.org/",
           "website": "https://myapp.example"}
 RFC7591 = {"client_name": "Calendar", "redirect_uris": ["https://cal.example/cb"]}
+EC = Jwk.generate(alg="ES256", kid="cal-1")
+PRIVATE_EC = EC.to_dict()
 
 
 def created(resp: httpx.Response) -> dict[str, Any]:
@@ -84,7 +87,7 @@ async def test_gancio_form_with_the_admin_key(http: httpx.AsyncClient, redis_db:
         "website": "https://myapp.example", "created_at": view["created_at"],
         "access_token_ttl": None, "refresh_token_ttl": None, "reuse_tokens": None,
         "max_user_login_attempts": None, "require_verified_users": False,
-        "introspection": "own", "resources": [], "access_token_format": None,
+        "introspection": "own", "resources": [], "access_token_format": None, "jwks": None,
     }
     assert before <= view["created_at"] <= int(time.time())
     # Stored only as an argon2id hash ...
@@ -187,6 +190,31 @@ async def test_register_with_the_admin_key(http: httpx.AsyncClient, redis_db: re
     assert stored is not None and secret.encode() not in stored and b'"$argon2id$' in stored
 
 
+async def test_register_private_key_jwt_and_client_secret_jwt(http: httpx.AsyncClient,
+                                                             redis_db: redis.Redis) -> None:
+    """RFC 7591 §2 `jwks` and the RFC 7523 methods: a private_key_jwt client gets no secret at
+    all; a client_secret_jwt client's secret is kept sealed, never in plaintext."""
+    jwks = {"keys": [EC.public_jwk().to_dict()]}
+    doc = created(await http.post("/oauth/register", headers=ADMIN, json={
+        "client_name": "Batch", "grant_types": ["client_credentials"],
+        "token_endpoint_auth_method": "private_key_jwt", "jwks": jwks}))
+    assert doc == {
+        "client_id": doc["client_id"], "client_id_issued_at": doc["client_id_issued_at"],
+        "client_name": "Batch", "redirect_uris": [], "grant_types": ["client_credentials"],
+        "response_types": [], "token_endpoint_auth_method": "private_key_jwt",
+        "scope": "read write offline_access", "jwks": jwks,
+    }
+    stored = redis_db.get(keys.client(doc["client_id"]))
+    assert stored is not None and b'"secret_hash":null' in stored
+    hmac = created(await http.post("/oauth/register", headers=ADMIN, json={
+        "client_name": "Batch 2", "grant_types": ["client_credentials"],
+        "token_endpoint_auth_method": "client_secret_jwt"}))
+    assert hmac["token_endpoint_auth_method"] == "client_secret_jwt"
+    stored = redis_db.get(keys.client(hmac["client_id"]))
+    assert stored is not None and hmac["client_secret"].encode() not in stored
+    assert b'"secret_sealed":"' in stored
+
+
 async def test_register_defaults_and_public_clients(http: httpx.AsyncClient) -> None:
     public = created(await http.post("/oauth/register", headers=ADMIN, json={
         "redirect_uris": ["com.example.app:/oauth2redirect", "http://localhost:8765/cb"],
@@ -248,8 +276,21 @@ INVALID_META = "invalid_client_metadata"
     ({"grant_types": ["client_credentials"], "response_types": ["code"]}, INVALID_META,
      "response_types and grant_types disagree: response type 'code' goes with grant type "
      "'authorization_code' (RFC 7591 §2.1)."),
+    ({**RFC7591, "token_endpoint_auth_method": "tls_client_auth"}, INVALID_META,
+     "token_endpoint_auth_method must be one of client_secret_basic, client_secret_post, "
+     "client_secret_jwt, private_key_jwt, none."),
     ({**RFC7591, "token_endpoint_auth_method": "private_key_jwt"}, INVALID_META,
-     "token_endpoint_auth_method must be one of client_secret_basic, client_secret_post, none."),
+     "private_key_jwt needs 'jwks': the client's public keys, which its assertions are verified with."),
+    ({**RFC7591, "token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": [PRIVATE_EC]}},
+     INVALID_META, "'jwks' must hold public keys only: a key has the private member(s) d. Register "
+     "the public half."),
+    ({**RFC7591, "token_endpoint_auth_method": "private_key_jwt",
+      "jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0LXNlY3JldA", "alg": "HS256"}]}},
+     INVALID_META, "'jwks' must hold public keys only: a symmetric (oct) key is a shared secret; use "
+     "client_secret_jwt for that."),
+    ({**RFC7591, "token_endpoint_auth_method": "private_key_jwt",
+      "jwks_uri": "https://cal.example/jwks.json"}, INVALID_META,
+     "'jwks_uri' is not supported: register the public keys themselves in 'jwks'."),
     ({"grant_types": ["client_credentials"], "token_endpoint_auth_method": "none"}, INVALID_META,
      "a public client cannot use client_credentials (RFC 6749 §4.4)."),
     ({**RFC7591, "scope": ["read"]}, INVALID_META, "'scope' must be a string of space-separated scopes."),
@@ -259,7 +300,8 @@ INVALID_META = "invalid_client_metadata"
     ({**RFC7591, "grant_types": []}, INVALID_META, "'grant_types' must name at least one grant type."),
 ], ids=["fragment", "relative", "http-lan", "http-not-loopback", "scheme-without-dot", "space",
         "no-uris", "long-name", "uri-not-string", "unknown-grant", "token-response",
-        "code-grant-without-code", "code-without-code-grant", "auth-method", "public-cc",
+        "code-grant-without-code", "code-without-code-grant", "auth-method", "pkj-without-jwks",
+        "private-jwk", "oct-jwk", "jwks-uri", "public-cc",
         "scope-list", "scope-token", "client-uri", "no-grants"])
 async def test_register_refuses_bad_metadata(http: httpx.AsyncClient, redis_db: redis.Redis,
                                              body: dict[str, Any], name: str, description: str) -> None:

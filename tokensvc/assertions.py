@@ -44,7 +44,9 @@ from tokensvc.models import CLIENT_SECRET_JWT, PRIVATE_KEY_JWT, Client
 from tokensvc.storage import AssertionStorage
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-SECRET_ALGS = ("HS256", "HS384", "HS512")
+# RFC 7518 §3.2: an HMAC key at least as long as the hash. A generated secret has 50 bytes
+# (256 random bits), enough for HS256 and HS384, not for HS512.
+SECRET_ALGS = ("HS256", "HS384")
 # How far ahead an assertion's `exp` may be (RFC 7523 §3 lets the server limit it): a replay
 # cache entry lives that long, and a stolen assertion is good for at most that long.
 MAX_LIFETIME = 300

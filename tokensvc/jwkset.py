@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 from jwt import PyJWK
-from jwt.exceptions import PyJWKError
+from jwt.exceptions import PyJWTError
 
 from tokensvc.errors import InvalidRequest
 
@@ -63,7 +63,7 @@ def _parse_key(jwk: Mapping[str, Any]) -> dict[str, PyJWK]:
     algs = _algs_for(jwk)
     try:
         return {alg: PyJWK(dict(jwk), alg) for alg in algs}
-    except (PyJWKError, ValueError, TypeError, KeyError, binascii.Error) as exc:
+    except (PyJWTError, ValueError, TypeError, KeyError, binascii.Error) as exc:
         raise InvalidRequest(f"'jwks': a key does not parse ({str(exc)[:100]}).") from None
 
 

@@ -276,12 +276,15 @@ class Registry:
             raise NotFound("No such client.")
         return client
 
-    async def rotate_secret(self, client_id: str, method: str | None = None) -> tuple[Client, str]:
-        """A new secret, shown once; with `method`, the client switches to that secret method
-        in the same write (the only way to client_secret_jwt, or from private_key_jwt)."""
+    async def rotate_secret(self, client_id: str,
+                            doc: Mapping[str, Any] | None = None) -> tuple[Client, str]:
+        """A new secret, shown once; with `token_endpoint_auth_method` in `doc`, the client
+        switches to that secret method in the same write (the only way to client_secret_jwt,
+        or from private_key_jwt)."""
         current = await self.client(client_id)
-        method = current.token_endpoint_auth_method if method is None else auth_method(
-            {"token_endpoint_auth_method": method}, "")
+        doc = doc or {}
+        _known_fields(doc, ("token_endpoint_auth_method",), "set on a secret rotation")
+        method = auth_method(doc, current.token_endpoint_auth_method)
         if current.is_public or method == "none":
             raise InvalidRequest("A public client has no secret.")
         if method == PRIVATE_KEY_JWT:

@@ -203,7 +203,8 @@ def client_rotate_secret(client_id: str, auth_method: str | None, **flags: Any) 
     """Give a client a new secret (the old one stops working) and print it once, as JSON."""
 
     async def rotate(registry: Registry) -> dict[str, Any]:
-        made, secret = await registry.rotate_secret(client_id, auth_method)
+        made, secret = await registry.rotate_secret(
+            client_id, None if auth_method is None else {"token_endpoint_auth_method": auth_method})
         return client_view(made, secret)
 
     _print_json(_run_admin(flags, rotate))

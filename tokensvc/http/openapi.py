@@ -115,6 +115,30 @@ CLIENT_POLICY: dict[str, Schema] = {
                        "TOKENSVC_ACCESS_TOKEN_FORMAT. Either way introspection and revocation "
                        "work alike."},
 }
+# RFC 7521 §4.2 / RFC 7523 §2.2: private_key_jwt and client_secret_jwt, in place of a secret.
+CLIENT_ASSERTION: dict[str, Schema] = {
+    "client_assertion_type": {"const": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"},
+    "client_assertion": {
+        "type": "string", "maxLength": 16384,
+        "description": "A JWT: iss = sub = the client id, aud the issuer or this endpoint's URL, "
+                       "exp at most 300 s ahead, a jti accepted once; signed with a key of the "
+                       "client's jwks (private_key_jwt) or its secret (client_secret_jwt)."},
+}
+# The client's authentication method and its public keys.
+CLIENT_AUTH_FIELDS: dict[str, Schema] = {
+    "token_endpoint_auth_method": {
+        "enum": ["client_secret_basic", "client_secret_post", "client_secret_jwt",
+                 "private_key_jwt", "none"],
+        "description": "How the client authenticates. private_key_jwt needs jwks and has no "
+                       "secret; switching to client_secret_jwt (or from private_key_jwt) is a "
+                       "secret rotation naming the method."},
+    "jwks": {
+        "type": ["object", "null"], "required": ["keys"],
+        "properties": {"keys": {"type": "array", "minItems": 1, "maxItems": 10,
+                                "items": {"type": "object", "required": ["kty"]}}},
+        "description": "RFC 7517 JWK Set of the client's PUBLIC keys (RSA >= 2048 bits, EC "
+                       "P-256, Ed25519; no private members, no oct keys; unique kids)."},
+}
 _AUD: Schema = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
                 "description": "RFC 8707: the resources the token is for (one string, or several)."}
 
@@ -128,7 +152,7 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object", "required": ["grant_type"],
         "properties": {**{name: {"type": "string"} for name in (
             "grant_type", "client_id", "client_secret", "scope", "username", "password",
-            "refresh_token", "code", "redirect_uri", "code_verifier")},
+            "refresh_token", "code", "redirect_uri", "code_verifier")}, **CLIENT_ASSERTION,
             "resource": {**_AUD, "description": "RFC 8707: an absolute URI; repeat the parameter "
                                                 "(or send a JSON array) for several."}},
     },
@@ -142,7 +166,8 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object", "required": ["token"],
         "properties": {"token": {"type": "string"},
                        "token_type_hint": {"enum": ["access_token", "refresh_token"]},
-                       "client_id": {"type": "string"}, "client_secret": {"type": "string"}},
+                       "client_id": {"type": "string"}, "client_secret": {"type": "string"},
+                       **CLIENT_ASSERTION},
     },
     "Introspection": {
         "type": "object", "required": ["active"],
@@ -159,10 +184,14 @@ SCHEMAS: dict[str, Schema] = {
         "properties": {"client_id": {"type": "string"}, "client_secret": {"type": "string"},
                        "name": {"type": "string"}, "grant_types": {"type": "array"},
                        "scopes": {"type": "array"}, "redirect_uris": {"type": "array"},
-                       **CLIENT_POLICY},
+                       **CLIENT_POLICY, **CLIENT_AUTH_FIELDS},
         "additionalProperties": True,
     },
-    "ClientInput": {"type": "object", "properties": CLIENT_POLICY, "additionalProperties": True},
+    "ClientInput": {"type": "object", "properties": {**CLIENT_POLICY, **CLIENT_AUTH_FIELDS},
+                    "additionalProperties": True},
+    "SecretRotation": {"type": "object", "additionalProperties": False, "properties": {
+        "token_endpoint_auth_method": {"enum": ["client_secret_basic", "client_secret_post",
+                                                "client_secret_jwt"]}}},
     "User": {
         "type": "object", "required": ["username", "verified"],
         "properties": {"username": {"type": "string"}, "verified": {"type": "boolean"},
@@ -305,8 +334,9 @@ def document(issuer: str) -> dict[str, Any]:
                           {"204": {"description": "Revoked."}, **ADMIN_ERRORS}, security=ADMIN)},
         "/admin/clients/{client_id}/secret": {
             "parameters": [_path_param("client_id")],
-            "post": _op("Rotate the secret; the new one is shown once.",
-                        {"200": _json(_ref("Client"), "Rotated."), **ADMIN_ERRORS}, security=ADMIN)},
+            "post": _op("Rotate the secret (shown once); with a method, switch to it too.",
+                        {"200": _json(_ref("Client"), "Rotated."), **ADMIN_ERRORS}, security=ADMIN,
+                        body={"content": {JSON: {"schema": _ref("SecretRotation")}}})},
         "/admin/signing-keys/rotate": {"post": _op(
             "Rotate the JWT signing key: a new key, published now, signs after the publish-ahead.",
             {"201": _json(_ref("SigningKey"), "Made; it signs from `activates` (epoch ms)."),

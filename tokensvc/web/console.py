@@ -181,7 +181,8 @@ class Console(ConsoleAuth):
                     jwks = None if jwks is None else check_jwks(jwks)
                     if not await self.first_use(form):
                         return self.back(here, "resubmitted")
-                    client, secret = await self.registry.rotate_secret(client_id, method)
+                    client, secret = await self.registry.rotate_secret(
+                        client_id, {"token_endpoint_auth_method": method})
                     if jwks != client.jwks:
                         client = await self.registry.update_client(client_id, {"jwks": jwks})
                     self.audit(request, session, "client.rotate-secret", client=client_id)
