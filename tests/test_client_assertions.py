@@ -5,6 +5,7 @@ that share one Redis."""
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -324,3 +325,25 @@ def test_key_rotation_through_the_admin_api(live: Service, keys: Keys) -> None:
     refused(cc(live, cid, signed(new, claims(cid, aud))),
             "A client_secret_jwt assertion must be an HMAC (HS256, HS384), not 'EdDSA'.")
     assert library(live, ClientSecretJwt(cid, secret)).client_credentials().access_token
+
+
+def test_redis_down_is_503_and_the_assertion_stays_unspent(live: Service, keys: Keys,
+                                                           redis_server: RedisServer) -> None:
+    """With Redis hung the answer is 503 (never a pass, never a 500). The client was never read
+    by this instance, so its record's read is what fails, before the jti is written: the
+    assertion is accepted once Redis answers again, and only once."""
+    client = create(live, token_endpoint_auth_method="private_key_jwt", jwks=public_set(keys["ES256"]))
+    cid = client["client_id"]
+    assertion = signed(keys["ES256"], claims(cid, f"{live.url}/oauth/token"))
+    proc = redis_server.proc
+    assert proc is not None
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        resp = cc(live, cid, assertion)
+        assert_error(resp, 503, "temporarily_unavailable", "Storage is unavailable; retry shortly.")
+        assert resp.headers["retry-after"] == "1"
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    live.wait_ready()
+    assert cc(live, cid, assertion).status_code == 200
+    refused(cc(live, cid, assertion), "This client assertion was already used: each jti is accepted once.")

@@ -5,6 +5,7 @@ revoke it, sort and search the table, watch the live panel, and manage users."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import redis
+from jwskate import Jwk, Jwt
 from playwright.async_api import BrowserContext, Error, Page, Response, expect
 
 from tests.support.api import active
@@ -328,6 +330,37 @@ async def test_client_lifecycle(live_server: Service, page: Page, context: Brows
 
 
 # -- the table -----------------------------------------------------------------------------
+
+
+async def test_a_private_key_jwt_client_from_the_new_client_form(live_server: Service,
+                                                                  page: Page) -> None:
+    """RFC 7523: the form's method select and JWKS box make a client with keys and no secret,
+    and an assertion signed with the key gets a token."""
+    key = Jwk.generate(alg="ES256", kid="browser-1")
+    jwks = {"keys": [key.public_jwk().to_dict()]}
+    await sign_in(page, live_server)
+    await page.get_by_role("link", name="New client").click()
+    await page.wait_for_url(f"{live_server.url}/admin/console/clients/new")
+    await page.get_by_label("Name").fill("Key-based batch")
+    for grant in GRANT_TYPES:
+        await page.get_by_label(grant, exact=True).set_checked(grant == "client_credentials")
+    await page.get_by_label("Confidential").check()
+    await page.get_by_label("Client authentication").select_option("private_key_jwt")
+    await page.get_by_label("JWKS").fill(json.dumps(jwks))
+    await page.get_by_role("button", name="Create client").click()
+    await expect(page.get_by_role("heading", name="Client created: Key-based batch")).to_be_visible()
+    assert await page.locator("#client-secret").count() == 0
+    client_id = await page.locator("#client-id").input_value()
+    stored = (await live_server.admin("GET", f"/admin/clients/{client_id}")).json()
+    assert stored["token_endpoint_auth_method"] == "private_key_jwt" and stored["jwks"] == jwks
+    now = int(time.time())
+    assertion = Jwt.sign({"iss": client_id, "sub": client_id, "aud": live_server.url,
+                          "exp": now + 60, "jti": f"browser-{now}"}, key=key, alg="ES256")
+    async with live_server.http() as http:
+        resp = await http.post("/oauth/token", data={
+            "grant_type": "client_credentials", "client_assertion": str(assertion),
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"})
+    assert resp.status_code == 200, resp.text
 
 
 async def test_sort_search_and_last_used(live_server: Service, page: Page, artifacts: Path) -> None:
