@@ -41,7 +41,7 @@ from tokensvc.jwkset import KEY_ALGS, ParsedKeys, parse_jwks
 from tokensvc.keyring import Keyring
 from tokensvc.lru import LRU
 from tokensvc.models import CLIENT_SECRET_JWT, PRIVATE_KEY_JWT, Client
-from tokensvc.storage import AssertionStorage
+from tokensvc.storage import OnceStorage
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # RFC 7518 §3.2: an HMAC key at least as long as the hash. A generated secret has 50 bytes
@@ -74,7 +74,7 @@ def _unverified(assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
 class AssertionVerifier:
     """Checks client assertions for one worker; `issuer` is the deployment's issuer URL."""
 
-    def __init__(self, store: AssertionStorage, keyring: Keyring, issuer: str, size: int) -> None:
+    def __init__(self, store: OnceStorage, keyring: Keyring, issuer: str, size: int) -> None:
         self.store = store
         self.keyring = keyring
         self.issuer = issuer
@@ -171,9 +171,12 @@ class AssertionVerifier:
         jti = claims["jti"]
         if not isinstance(jti, str) or not 1 <= len(jti) <= MAX_JTI:
             raise _refuse(f"The client assertion's jti must be a string of 1 to {MAX_JTI} characters.")
-        digest = base64.urlsafe_b64encode(hashlib.sha256(jti.encode("utf-8")).digest()).decode("ascii")
+        # Named by kind and client (storage.OnceStorage): a jti is the client's to choose, so two
+        # clients' (or a DPoP proof's) equal values never meet. Kept until the assertion expires.
+        named = hashlib.sha256(f"assertion:{client.client_id}:{jti}".encode()).digest()
+        once = base64.urlsafe_b64encode(named).rstrip(b"=").decode("ascii")
         ttl_ms = max(1000, int((exp + LEEWAY - now) * 1000))
-        if not await self.store.first_assertion(client.client_id, digest.rstrip("="), ttl_ms):
+        if not await self.store.first_use(once, ttl_ms):
             raise _refuse("This client assertion was already used: each jti is accepted once.")
 
 

@@ -91,12 +91,6 @@ class ClientStorage(Protocol):
                                    subscriber: Subscriber) -> None: ...
 
 
-class AssertionStorage(Protocol):
-    """Client assertions' `jti`s (store/clients.py): each accepted once across the deployment."""
-
-    async def first_assertion(self, client_id: str, jti_digest: str, ttl_ms: int) -> bool: ...
-
-
 class RegistryStorage(Protocol):
     """Creating, changing and removing clients and users (the admin API, console and CLI)."""
 

@@ -1,7 +1,6 @@
 """Clients: the record (hash and verifier of the secret included), the listing indexes, the
-failed-authentication counter, the usage buckets and the client assertions' `jti`s. A change is
-announced on the invalidation channel before the call returns, so no instance serves the old
-record afterwards."""
+failed-authentication counter and the usage buckets. A change is announced on the invalidation
+channel before the call returns, so no instance serves the old record afterwards."""
 
 from __future__ import annotations
 
@@ -99,15 +98,6 @@ class ClientStore(Invalidation):
     async def client_auth_refund(self, client_id: str) -> None:
         """A reserved secret check succeeded: it does not count (client_auth_refund.lua)."""
         await self.scripts["client_auth_refund"](keys=[keys.client_auth_failures(client_id)])
-
-    @map_redis_errors
-    async def first_assertion(self, client_id: str, jti_digest: str, ttl_ms: int) -> bool:
-        """True the first time a client assertion's `jti` is seen, in one round trip (SET NX
-        PX): every instance on this Redis refuses it afterwards, until it expires."""
-        key = keys.client_assertion(client_id, jti_digest)
-        if self.fast is not None:
-            return await self.fast.execute("SET", key, b"1", "NX", "PX", ttl_ms) is not None
-        return bool(await self.redis.set(key, b"1", nx=True, px=ttl_ms))
 
     @map_redis_errors
     async def list_clients(self, offset: int, limit: int) -> tuple[list[Client], int]:

@@ -1,8 +1,7 @@
 """Redis key names. Every key one atomic operation touches shares a `{...}` hash tag.
 
 - `{g:<grant id>}`: a grant's tokens, its index, its reuse record and its codes.
-- `{c:<client id>}`: a client record, its usage buckets, its failed-authentication counter and
-  the `jti`s of its client assertions already accepted.
+- `{c:<client id>}`: a client record, its usage buckets and its failed-authentication counter.
 - `{s:<session digest>}`: a login session of the authorization pages.
 - `{jwks}`: the deployment's JWT signing keys (one hash, field = key id).
 - `{u:<user hash>}`: a user record, its failure counter, its lock, its password checks in
@@ -90,12 +89,6 @@ def client_usage(client_id: str) -> str:
 def client_auth_failures(client_id: str) -> str:
     """Failed secret checks of a client (plus checks in flight) in the current window."""
     return f"tsv:{{c:{client_id}}}:authfail"
-
-
-def client_assertion(client_id: str, jti_digest: str) -> str:
-    """A client assertion's `jti` (its digest: the value is the client's to choose, of any
-    length), held until the assertion has expired so that it is accepted once (RFC 7523 §3)."""
-    return f"tsv:{{c:{client_id}}}:jti:{jti_digest}"
 
 
 def admin_session(session_digest: str) -> str:

@@ -48,8 +48,8 @@ added later reads as its default in a record written before it (`introspection` 
                      null for every other method, and dropped when the client leaves that method
     jwks             RFC 7517 JWK Set of the client's public keys ({"keys": [...]}, checked by
                      jwkset.py: no private members, no oct keys), for private_key_jwt
-Client assertion `jti` (`tsv:{c:<client id>}:jti:<SHA-256 of the jti, base64url>`): "1", set
-    NX with a TTL until the assertion's exp plus the leeway, so each jti is accepted once.
+Client assertion `jti`: a once-only key (keys.once) named by the digest of
+    `assertion:<client id>:<jti>`, set NX with a TTL until the assertion's exp plus the leeway.
 Consent (field <client id> of `tsv:{u:...}:consents`):  s  scopes approved;  t  when (epoch ms)
 Lockout (login_attempt.lua, login_result.lua): `tsv:{u:...}:fails` the consecutive failed
     password checks, through any client (an integer); `tsv:{u:...}:locked` "1" while the user
