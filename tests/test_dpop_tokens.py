@@ -12,15 +12,19 @@ from typing import Any
 
 import httpx
 import jwt
+import orjson
 import pytest
 import redis
 
 from tests.support.api import auth, introspect, new_client, new_user
 from tests.support.apps import AppFactory
 from tests.support.authflow import get_code, public_app, redeem
-from tests.support.config import ISSUER
+from tests.support.config import ADMIN, ISSUER
+from tests.support.console import sign_in
 from tests.support.dpop import DPoPKey
 from tests.support.stored import data_keys, token_keys
+from tokensvc.models import Client as ClientModel
+from tokensvc.store import records
 
 Client = dict[str, Any]
 URL = f"{ISSUER}/oauth/token"
@@ -163,8 +167,8 @@ async def test_dpop_bound_access_tokens_makes_the_proof_mandatory(
     resp = await token(http, client, CC, key.proof("POST", URL))
     assert resp.status_code == 200 and resp.json()["token_type"] == "DPoP"
     # Turned off again: bearer requests pass.
-    patched = await http.patch(f"/admin/clients/{client['client_id']}", headers={
-        "Authorization": "Bearer test-admin-key-0123456789"}, json={"dpop_bound_access_tokens": False})
+    patched = await http.patch(f"/admin/clients/{client['client_id']}", headers=ADMIN,
+                               json={"dpop_bound_access_tokens": False})
     assert patched.status_code == 200 and patched.json()["dpop_bound_access_tokens"] is False
     assert (await token(http, client, CC)).json()["token_type"] == "Bearer"
 
@@ -306,3 +310,50 @@ async def test_jwt_access_tokens_carry_cnf_jkt(http: httpx.AsyncClient, rs: Clie
         assert (await introspect(http, rs, body["access_token"]))["cnf"] == {"jkt": jkt}
     bearer = (await token(http, client, CC)).json()["access_token"]
     assert "cnf" not in jwt.decode(bearer, options={"verify_signature": False})
+
+
+# -- the client field, wherever clients are made --------------------------------------------
+
+
+async def test_registration_takes_dpop_bound_access_tokens(http: httpx.AsyncClient) -> None:
+    """RFC 9449 §5.2 client metadata at RFC 7591 registration; false when left out."""
+    base = {"client_name": "App", "redirect_uris": ["https://app.example/cb"]}
+    made = await http.post("/oauth/register", headers=ADMIN, json={
+        **base, "dpop_bound_access_tokens": True})
+    assert made.status_code == 201, made.text
+    assert made.json()["dpop_bound_access_tokens"] is True
+    stored = await http.get(f"/admin/clients/{made.json()['client_id']}", headers=ADMIN)
+    assert stored.json()["dpop_bound_access_tokens"] is True
+    plain = await http.post("/oauth/register", headers=ADMIN, json=base)
+    assert "dpop_bound_access_tokens" not in plain.json()
+    wrong = await http.post("/oauth/register", headers=ADMIN, json={
+        **base, "dpop_bound_access_tokens": "yes"})
+    assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_client_metadata"
+
+
+async def test_the_console_sets_dpop_bound_access_tokens(http: httpx.AsyncClient) -> None:
+    console = await sign_in(http)
+    made = await console.act("/admin/console/clients", name="Bound", grant_types="client_credentials",
+                             dpop_bound_access_tokens="yes",
+                             once=await console.nonce("/admin/console/clients/new"))
+    assert made.status_code == 200, made.text
+    listed = (await http.get("/admin/clients", headers=ADMIN)).json()
+    [doc] = [c for c in listed["clients"] if c["name"] == "Bound"]
+    assert doc["dpop_bound_access_tokens"] is True
+    page = f"/admin/console/clients/{doc['client_id']}"
+    assert '<dd id="dpop">required' in (await console.get(page)).text
+    done = await console.act(page, action="configure")  # the box left unticked
+    assert done.status_code == 303, done.text
+    after = (await http.get(f"/admin/clients/{doc['client_id']}", headers=ADMIN)).json()
+    assert after["dpop_bound_access_tokens"] is False
+    assert '<dd id="dpop">optional</dd>' in (await console.get(page)).text
+
+
+def test_a_client_record_from_before_the_field_reads_as_not_bound() -> None:
+    client = ClientModel(client_id="c", name="n", secret_hash=None, token_endpoint_auth_method="none",
+                     grant_types=("password",), scopes=(), redirect_uris=(), website=None,
+                     created_at=0, dpop_bound_access_tokens=True)
+    doc = orjson.loads(records.encode_client(client))
+    del doc["dpop_bound_access_tokens"]
+    assert records.decode_client(orjson.dumps(doc)).dpop_bound_access_tokens is False
+    assert records.decode_client(records.encode_client(client)).dpop_bound_access_tokens is True
