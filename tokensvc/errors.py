@@ -128,6 +128,20 @@ class DPoPNonceRequired(DPoPRefused):
     error = "use_dpop_nonce"
 
 
+class InvalidDPoPProof(OAuthError):
+    """RFC 9449 §5: the DPoP proof is missing where required, malformed, not for this request,
+    replayed, or signed by another key than the one the refresh token is bound to."""
+
+    error = "invalid_dpop_proof"
+
+
+class UseDPoPNonce(OAuthError):
+    """RFC 9449 §8: the server demands its nonce in the proof; the `DPoP-Nonce` header of the
+    answer carries a fresh one to retry with."""
+
+    error = "use_dpop_nonce"
+
+
 class UserNotVerified(OAuthError):
     """finAPI: the client requires verified users and this one is not verified (403)."""
 

@@ -7,9 +7,10 @@ starts signing only once no instance would refuse what it signs, and the fleet i
 into instances that reject each other's tokens.
 
 Everything the deployment derives from its keys goes through here: token tags (tokens.py),
-the keyed verifiers of client secrets, the CSRF tokens of the HTML forms, and what it keeps in
-Redis encrypted (JWT signing keys, reused JWTs: `seal`). Each use has its own subkey,
-HMAC(server key, purpose), so one value can never be replayed as another.
+the keyed verifiers of client secrets, the CSRF tokens of the HTML forms, DPoP server nonces
+(proofs.py), and what it keeps in Redis encrypted (JWT signing keys, reused JWTs: `seal`).
+Each use has its own subkey, HMAC(server key, purpose), so one value can never be replayed as
+another.
 
 Fingerprints name keys in Redis without revealing them: HMAC(key, "fingerprint"), 64 bits.
 """
@@ -29,6 +30,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 # What `seal` encrypts, each under its own subkey.
 SIGNING_KEYS = b"signing key encryption"
 REUSED_TOKENS = b"reused token encryption"
+# What `subkeys` derives for other modules.
+DPOP_NONCES = b"dpop nonce"
 
 
 def key_id(key: str) -> str:
@@ -71,6 +74,11 @@ class Keyring:
     @property
     def signing_fingerprint(self) -> str:
         return self.fingerprints[self.signing]
+
+    def subkeys(self, purpose: bytes) -> tuple[bytes, ...]:
+        """The subkey for `purpose` of every listed key, in the keys' order (`signing` picks
+        the one that makes new values; all of them check)."""
+        return tuple(_subkey(k, purpose) for k in self.keys)
 
     # -- client secret verifiers ------------------------------------------------------------
 

@@ -38,6 +38,9 @@ class Client:
     # RFC 9068: "jwt" (self-contained access tokens signed by the deployment's key) or
     # "opaque" (tsv_at_...); None follows TOKENSVC_ACCESS_TOKEN_FORMAT.
     access_token_format: str | None = None
+    # RFC 9449 §5.2: every token request of the client must carry a DPoP proof (its access
+    # tokens are always DPoP-bound).
+    dpop_bound_access_tokens: bool = False
 
     @property
     def is_public(self) -> bool:
@@ -108,11 +111,13 @@ class TokenResponse:
     expires_in: int
     scope: str
     refresh_token: str | None = None
+    # RFC 9449 §5.1: "DPoP" for a token bound to the proof's key, "Bearer" otherwise.
+    token_type: str = "Bearer"  # noqa: S105 -- a token type's name, not a secret
 
     def to_dict(self) -> dict[str, object]:
         body: dict[str, object] = {
             "access_token": self.access_token,
-            "token_type": "Bearer",
+            "token_type": self.token_type,
             "expires_in": self.expires_in,
             "scope": self.scope or None,
         }

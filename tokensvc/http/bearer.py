@@ -164,10 +164,16 @@ def introspection(record: TokenRecord | None, issuer_url: str) -> dict[str, obje
     body: dict[str, object] = {"active": True}
     if record.scope:  # optional; "" would read as one empty scope
         body["scope"] = record.scope
-    body.update({"token_type": "Bearer" if record.kind == ACCESS else "refresh_token",
-                 "iss": issuer_url, **claims(record)})
+    if record.kind != ACCESS:
+        kind = "refresh_token"
+    else:
+        kind = "Bearer" if record.jkt is None else "DPoP"  # RFC 9449 §6.2
+    body.update({"token_type": kind, "iss": issuer_url, **claims(record)})
     if record.audience is not None:
         body["aud"] = resources.claim(record.audience)  # RFC 8707 §2: the requested resources
+    if record.jkt is not None:
+        # RFC 9449 §6.2: the key the token is bound to (a bound refresh token's too).
+        body["cnf"] = {"jkt": record.jkt}
     return body
 
 

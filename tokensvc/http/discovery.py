@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tokensvc import dpop
 from tokensvc.errors import StoreUnavailable
 from tokensvc.grants import GRANTS
 from tokensvc.http.responses import error_body, json_response
@@ -40,6 +41,8 @@ def metadata(svc: Services) -> dict[str, object]:
         "token_endpoint_auth_methods_supported": [*_AUTH_METHODS, "none"],
         "revocation_endpoint_auth_methods_supported": [*_AUTH_METHODS, "none", _BEARER],
         "introspection_endpoint_auth_methods_supported": _AUTH_METHODS,
+        # RFC 9449 §5.1: the algorithms a DPoP proof may be signed with.
+        "dpop_signing_alg_values_supported": list(dpop.ALGS),
     }
 
 

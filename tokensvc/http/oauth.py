@@ -10,6 +10,7 @@ from starlette.responses import Response
 from tokensvc import metrics
 from tokensvc.clientauth import authenticate
 from tokensvc.errors import (
+    InvalidDPoPProof,
     InvalidRequest,
     InvalidToken,
     OAuthError,
@@ -32,6 +33,7 @@ from tokensvc.http.bearer import (
 )
 from tokensvc.http.params import TOKEN_LISTS, read_params
 from tokensvc.http.responses import json_response
+from tokensvc.proofs import HEADER as DPOP, accept_once, check, nonce_header
 from tokensvc.services import Services
 from tokensvc.tokens import ACCESS, CODE, REFRESH
 
@@ -85,15 +87,32 @@ class OAuthEndpoints:
         grant = GRANTS.get(grant_type)
         if grant is None:
             raise UnsupportedGrantType(f"The grant_type '{grant_type[:64]}' is not supported.")
-        auth = await authenticate(request.headers.get("authorization"), params, svc.clients,
+        headers = request.headers
+        # RFC 9449 §5: checked before the client is authenticated, so a request without the
+        # server's nonce is sent back for it at once. A bearer request pays one header lookup.
+        proof = None
+        if headers.get(DPOP) is not None:
+            proof = check(headers.getlist(DPOP), "POST",
+                          svc.settings.issuer_url + request.scope["path"], svc.nonces)
+        auth = await authenticate(headers.get("authorization"), params, svc.clients,
                                   allow_public=grant.allows_public)
         if grant_type not in auth.client.grant_types:
             raise UnauthorizedClient(f"The client may not use grant_type={grant_type}.")
+        if proof is None:
+            if auth.client.dpop_bound_access_tokens:
+                metrics.dpop_refused("missing")
+                raise InvalidDPoPProof("The client's access tokens are DPoP-bound: send a "
+                                       "DPoP proof (RFC 9449 §5.2).")
+        elif not await accept_once(svc.store, proof):
+            raise InvalidDPoPProof("The DPoP proof was already used.")
         result = await grant.handle(GrantContext(auth.client, params, svc.tokens, svc.store,
-                                                 svc.hasher, svc.settings))
+                                                 svc.hasher, svc.settings,
+                                                 None if proof is None else proof.jkt))
         svc.usage.issued(auth.client.client_id)
         metrics.token_issued(grant_type, auth.client.client_id)
-        return json_response(result.to_dict(), no_store=True)
+        if proof is None:
+            return json_response(result.to_dict(), no_store=True)
+        return json_response(result.to_dict(), headers=nonce_header(svc.nonces), no_store=True)
 
     async def revoke(self, request: Request) -> Response:
         """RFC 7009, plus finAPI's `Authorization: Bearer <the client's own access token>` (or
