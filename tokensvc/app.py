@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app; with no argument, settings come from `TOKENSVC_*` (uvicorn's factory mode)."""
     settings = keyfiles.with_generated_keys(settings or settings_mod.load())
     svc = Services.build(settings)
-    presentations = DPoPPresentations(svc.store, settings.issuer_url, None)
+    presentations = DPoPPresentations(svc.store, settings.issuer_url, svc.nonces)
     oauth = OAuthEndpoints(svc, presentations)
     principal = PrincipalEndpoints(svc, presentations)
     discovery = DiscoveryEndpoints(svc)

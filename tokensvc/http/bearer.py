@@ -18,7 +18,7 @@ import hmac
 
 from starlette.requests import Request
 
-from tokensvc import dpop, resources
+from tokensvc import dpop, metrics, resources
 from tokensvc.errors import (
     DPOP_CHALLENGE,
     DPoPNonceRequired,
@@ -27,10 +27,11 @@ from tokensvc.errors import (
     InvalidToken,
 )
 from tokensvc.models import TokenRecord
+from tokensvc.proofs import HEADER as DPOP_HEADER, accept_once
 from tokensvc.services import Services
 from tokensvc.storage import OnceStorage
 from tokensvc.store import records
-from tokensvc.tokens import ACCESS, CODE, Parsed, digest
+from tokensvc.tokens import ACCESS, CODE, Parsed
 
 INVALID = "The access token is invalid, expired or revoked."
 MISSING = "An access token is required (Authorization: Bearer ... or DPoP ...)."
@@ -43,7 +44,6 @@ NOT_BOUND = "The access token is not bound to a DPoP key: present it with Author
 OTHER_KEY = "The DPoP proof's key is not the one the access token is bound to."
 REPLAYED = "The DPoP proof was already used (its jti is accepted once)."
 ONE_PROOF = "Send exactly one DPoP header with the proof."
-_REPLAY_TTL_MS = dpop.REPLAY_TTL_S * 1000
 
 
 def bearer_token(request: Request) -> str | None:
@@ -75,16 +75,20 @@ class DPoPPresentations:
     async def record(self, request: Request, svc: Services, token: str) -> TokenRecord:
         """The live access token `token`, bound to the key of the request's proof; the proof is
         spent. DPoPRefused (401, DPoP challenge) otherwise."""
-        proofs = request.headers.getlist("dpop")
+        proofs = request.headers.getlist(DPOP_HEADER)
         if len(proofs) != 1:
+            metrics.dpop_refused("invalid")
             raise DPoPProofRefused(ONE_PROOF)
         try:
-            proof = dpop.check(proofs[0], request.method, self.base + request.url.path,
+            # The URL as the token endpoint reads it: the issuer's, which clients are given.
+            proof = dpop.check(proofs[0], request.method, self.base + request.scope["path"],
                                access_token=token, nonces=self.nonces)
         except dpop.NonceRequired as why:
             assert self.nonces is not None  # noqa: S101 -- raised only when nonces are asked for
+            metrics.dpop_refused("nonce")
             raise DPoPNonceRequired(str(why), self.nonces.current()) from None
         except dpop.ProofError as why:
+            metrics.dpop_refused("invalid")
             raise DPoPProofRefused(str(why)) from None
         record = await live_record(svc, token, ACCESS)
         if record is None:
@@ -95,7 +99,7 @@ class DPoPPresentations:
             raise DPoPTokenRefused(OTHER_KEY)
         # Last, so a request refused above spends nothing; once per deployment (SET NX PX), so a
         # proof replayed to another instance is refused as on this one.
-        if not await self.once.first_use(digest(f"dpop:{proof.replay_key()}"), _REPLAY_TTL_MS):
+        if not await accept_once(self.once, proof):
             raise DPoPProofRefused(REPLAYED)
         return record
 
