@@ -85,6 +85,7 @@ async def test_gancio_form_with_the_admin_key(http: httpx.AsyncClient, redis_db:
         "access_token_ttl": None, "refresh_token_ttl": None, "reuse_tokens": None,
         "max_user_login_attempts": None, "require_verified_users": False,
         "introspection": "own", "resources": [], "access_token_format": None,
+        "dpop_bound_access_tokens": False,
     }
     assert before <= view["created_at"] <= int(time.time())
     # Stored only as an argon2id hash ...

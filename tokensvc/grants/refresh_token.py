@@ -76,6 +76,8 @@ async def handle(ctx: GrantContext) -> TokenResponse:
         return TokenResponse(token, at_ttl // 1000, out[2], refresh.token, token_type(ctx.jkt))
     if out[0] == "REUSED":
         metrics.refresh_reuse()
+    elif out[0] in ("DPOP_MISSING", "DPOP_KEY"):
+        metrics.dpop_refused("missing" if out[0] == "DPOP_MISSING" else "key")
     error, description = _REFUSALS.get(out[0], (InvalidGrant, _UNKNOWN))
     raise error(description)
 

@@ -114,6 +114,10 @@ CLIENT_POLICY: dict[str, Schema] = {
                        "/.well-known/jwks.json; `opaque`: tsv_at_ tokens; null: "
                        "TOKENSVC_ACCESS_TOKEN_FORMAT. Either way introspection and revocation "
                        "work alike."},
+    "dpop_bound_access_tokens": {
+        "type": "boolean", "default": False,
+        "description": "RFC 9449 §5.2: every token request of the client must carry a DPoP "
+                       "proof (without one: invalid_dpop_proof)."},
 }
 _AUD: Schema = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
                 "description": "RFC 8707: the resources the token is for (one string, or several)."}
@@ -134,7 +138,9 @@ SCHEMAS: dict[str, Schema] = {
     },
     "TokenResponse": {
         "type": "object", "required": ["access_token", "token_type", "expires_in", "scope"],
-        "properties": {"access_token": {"type": "string"}, "token_type": {"const": "Bearer"},
+        "properties": {"access_token": {"type": "string"},
+                       "token_type": {"enum": ["Bearer", "DPoP"],
+                                      "description": "DPoP: bound to the proof's key (RFC 9449)."},
                        "expires_in": {"type": "integer"},
                        "scope": {"type": ["string", "null"]}, "refresh_token": {"type": "string"}},
     },
@@ -150,7 +156,11 @@ SCHEMAS: dict[str, Schema] = {
                        "client_id": {"type": "string"}, "username": {"type": "string"},
                        "token_type": {"type": "string"}, "exp": {"type": "integer"},
                        "iat": {"type": "integer"}, "sub": {"type": "string"},
-                       "iss": {"type": "string"}, "aud": _AUD},
+                       "iss": {"type": "string"}, "aud": _AUD,
+                       "cnf": {"type": "object", "required": ["jkt"],
+                               "properties": {"jkt": {"type": "string"}},
+                               "description": "RFC 9449 §6.2: the DPoP key the token is bound "
+                                              "to (its token_type is DPoP)."}},
     },
     "Principal": {"type": "object", "properties": {"active": {"type": "boolean"}},
                   "additionalProperties": True},
@@ -180,10 +190,24 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 
+_NONCE = {"DPoP-Nonce": {"schema": {"type": "string"},
+                         "description": "RFC 9449 §8: the server nonce to put in the next proof "
+                                        "(with TOKENSVC_DPOP_NONCE)."}}
+# RFC 9449 §4: the proof that binds the tokens to the client's key.
+_DPOP_HEADER = {"name": "DPoP", "in": "header", "required": False, "schema": {"type": "string"},
+                "description": "A DPoP proof JWT (RFC 9449 §4) for POST and this URL: the tokens "
+                               "are bound to its key (token_type DPoP)."}
+
+
 def _token_endpoint(summary: str) -> Schema:
-    return {"post": _op(summary, {"200": _json(_ref("TokenResponse"), "Tokens issued."),
-                                  **OAUTH_ERRORS},
-                        body=_body(_ref("TokenRequest"), FORM, JSON), security=CLIENT_AUTH)}
+    ok = {**_json(_ref("TokenResponse"), "Tokens issued."), "headers": _NONCE}
+    refused = {**OAUTH_ERRORS["400"], "headers": _NONCE, "description":
+               "RFC 6749 §5.2 error (invalid_request, invalid_grant, unsupported_grant_type, "
+               "invalid_scope, unauthorized_client), RFC 8707 invalid_target, RFC 9449 "
+               "invalid_dpop_proof or use_dpop_nonce (with DPoP-Nonce)."}
+    return {"post": _op(summary, {"200": ok, **OAUTH_ERRORS, "400": refused},
+                        body=_body(_ref("TokenRequest"), FORM, JSON), security=CLIENT_AUTH,
+                        parameters=[_DPOP_HEADER])}
 
 
 def _page(summary: str, *, post: bool, json_errors: bool = False) -> Schema:

@@ -207,6 +207,9 @@ class RegistrationEndpoints:
             "website": client_uri,
             "token_endpoint_auth_method": "client_secret_basic" if method is None else method,
         }
+        # RFC 9449 §5.2: false when omitted; the registry checks it is a boolean.
+        if doc.get("dpop_bound_access_tokens") is not None:
+            fields["dpop_bound_access_tokens"] = doc["dpop_bound_access_tokens"]
         return fields, response_types
 
 
@@ -229,4 +232,6 @@ def _rfc7591_view(client: Client, secret: str | None,
         view["scope"] = " ".join(client.scopes)
     if client.website is not None:
         view["client_uri"] = client.website
+    if client.dpop_bound_access_tokens:  # RFC 9449 §5.2; absent means false
+        view["dpop_bound_access_tokens"] = True
     return view
