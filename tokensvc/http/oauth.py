@@ -21,7 +21,16 @@ from tokensvc.errors import (
 )
 from tokensvc.grants import GRANTS
 from tokensvc.grants.base import GrantContext
-from tokensvc.http.bearer import bearer_token, introspection, live_record, parse_token
+from tokensvc.http.bearer import (
+    BOUND,
+    INVALID,
+    DPoPPresentations,
+    bearer_token,
+    dpop_token,
+    introspection,
+    live_record,
+    parse_token,
+)
 from tokensvc.http.params import TOKEN_LISTS, read_params
 from tokensvc.http.responses import json_response
 from tokensvc.proofs import HEADER as DPOP, accept_once, check, nonce_header
@@ -51,8 +60,9 @@ _REVOKE_QUERY_NAMES = frozenset(("token", "token_type_hint"))
 class OAuthEndpoints:
     """Request handlers bound to the service's parts at start-up."""
 
-    def __init__(self, svc: Services) -> None:
+    def __init__(self, svc: Services, presentations: DPoPPresentations) -> None:
         self.svc = svc
+        self.presentations = presentations
         self.limit = svc.settings.max_body_size
         self.timeout = svc.settings.request_timeout
 
@@ -105,7 +115,8 @@ class OAuthEndpoints:
         return json_response(result.to_dict(), headers=nonce_header(svc.nonces), no_store=True)
 
     async def revoke(self, request: Request) -> Response:
-        """RFC 7009, plus finAPI's `Authorization: Bearer <the client's own access token>`."""
+        """RFC 7009, plus finAPI's `Authorization: Bearer <the client's own access token>` (or
+        `DPoP <it>` with a proof, when it is bound: RFC 9449 §7)."""
         svc = self.svc
         if request.scope["query_string"]:
             _revoke_query(request.scope["query_string"])
@@ -121,7 +132,12 @@ class OAuthEndpoints:
         if presented is not None:
             caller = await live_record(svc, presented, ACCESS)
             if caller is None:
-                raise InvalidToken("The access token is invalid, expired or revoked.")
+                raise InvalidToken(INVALID)
+            if caller.jkt is not None:
+                raise InvalidToken(BOUND)
+            client_id, username = caller.client_id, caller.username
+        elif (bound := dpop_token(request)) is not None:
+            caller = await self.presentations.record(request, svc, bound)
             client_id, username = caller.client_id, caller.username
         else:
             auth = await authenticate(request.headers.get("authorization"), params, svc.clients,
