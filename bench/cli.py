@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "and, not in the default set: mix_password (client_credentials with "
                             "password logins alongside), many_clients, cold_start, scale_out, tls, "
                             "tls_handshake, cc_jwt (JWT access tokens), resource_jwt, "
-                            "resource_introspection (the resource-server kit)")
+                            "resource_introspection (the resource-server kit), cc_dpop (DPoP-bound "
+                            "client_credentials, a proof per request)")
     suite.add_argument("--markdown", type=Path, help="also write the table to this file")
     suite.add_argument("--pin-server", default="0", metavar="CPUS", help="default 0")
     suite.add_argument("--pin-client", default="1", metavar="CPUS", help="default 1")

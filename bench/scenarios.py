@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from bench import dpop
 from bench.admin import Http, SetupError
 from bench.http import FORM, Reply, build_request, form_post
 from bench.loadgen import ChainSource, CycleSource, MixSource, PoolSource, Source, fetch_all, json_field
 
-SERVICE_SCENARIOS = ("client_credentials", "client_credentials_reuse", "password", "refresh",
+SERVICE_SCENARIOS = ("client_credentials", "client_credentials_reuse", "client_credentials_dpop",
+                     "password", "refresh",
                      "introspection", "revocation", "token_login", "authorization_code", "mix",
                      "healthz", "many_clients")
 # Scenarios with processes of their own (a second tokensvc instance): bench/fleet.py.
@@ -40,7 +42,7 @@ CREATE_IN_FLIGHT = 32
 REFERENCE_PATHS = {"static": "/static", "noredis": "/token-noredis", "redis": "/token-redis"}
 # Pool sizing for scenarios that use each prepared request once, in closed-loop mode: a
 # guess of the rate (requests/s) the service may reach; --pool overrides it.
-POOL_RATE_GUESS = {"revocation": 8000, "authorization_code": 4000}
+POOL_RATE_GUESS = {"revocation": 8000, "authorization_code": 4000, "client_credentials_dpop": 5000}
 MIX_DEFAULT = {"client_credentials": 50, "introspection": 25, "token_login": 10, "refresh": 10,
                "revocation": 5}
 MIXABLE = ("client_credentials", "client_credentials_reuse", "password", "refresh", "introspection",
@@ -216,6 +218,16 @@ class Setup:
     async def _client_credentials(self, share: float) -> Workload:
         req = self.cc_request(self.client())
         return Workload("client_credentials", CycleSource([req], "client_credentials"), "cycle", [req])
+
+    async def _client_credentials_dpop(self, share: float) -> Workload:
+        """client_credentials with a DPoP proof each (RFC 9449): a bound token per request. The
+        proofs are signed here, by the generator, before the timed phase (bench/dpop.py)."""
+        n = self.pool_size("client_credentials_dpop", share)
+        reqs, info = dpop.token_requests(self.hostport, dpop.token_endpoint(self.http),
+                                         self.creds(self.client()), n, self.pool_seconds)
+        self.log(f"signed {n} DPoP proofs in {info['signing_seconds']} s")
+        return Workload("client_credentials_dpop", PoolSource(reqs, "client_credentials_dpop"), "pool", reqs,
+                        info=info)
 
     async def _many_clients(self, share: float) -> Workload:
         """`fleet_size` clients, each used once in set-up; the timed phase cycles through all of

@@ -84,6 +84,10 @@ CONFIGS: tuple[Config, ...] = (
            {"scenario": "resource_jwt"}, default=False),
     Config("resource_introspection", "protected API, kit introspecting every request (no cache)",
            {"scenario": "resource_introspection"}, default=False),
+    # The DPoP row (`--only static cc cc_dpop`): a bound token per request, a proof each, signed
+    # by the generator before the timed phase.
+    Config("cc_dpop", "client_credentials, DPoP-bound (a proof per request)",
+           {"scenario": "client_credentials_dpop"}, default=False),
 )
 # Rows of a protected API (not token requests): no ratios against the token references.
 RESOURCE_ROWS = ("resource_jwt", "resource_introspection")
@@ -166,6 +170,9 @@ def summarise(by_key: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, A
     if jwt is not None:
         check(f"JWT issuance >= {JWT_ISSUANCE_RATIO}x opaque", jwt, JWT_ISSUANCE_RATIO * cc if cc else None,
               _ratio(jwt, cc))
+    bound = med.get("cc_dpop", {}).get("throughput")
+    if bound is not None:
+        goals.append(("DPoP-bound client_credentials vs bearer (same run)", None, _ratio(bound, cc)))
     fleet_lines, fleet_goals, fleet = fleet_summary(by_key, med)
     goals += fleet_goals
     lines += ["", "| goal | measured | met |", "| --- | ---: | :---: |"]

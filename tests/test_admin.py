@@ -19,7 +19,7 @@ from tokensvc.store import keys
 CLIENT_FIELDS = {"client_id", "name", "token_endpoint_auth_method", "grant_types", "scopes",
                  "redirect_uris", "website", "created_at", "access_token_ttl", "refresh_token_ttl",
                  "reuse_tokens", "max_user_login_attempts", "require_verified_users", "introspection",
-                 "resources", "access_token_format", "jwks"}
+                 "resources", "access_token_format", "dpop_bound_access_tokens", "jwks"}
 
 
 def assert_json(resp: httpx.Response, status: int, *, no_store: bool = False) -> Any:
@@ -98,7 +98,8 @@ async def test_create_client_shows_the_secret_once(http: httpx.AsyncClient,
         "redirect_uris": ["https://app.example/cb"], "website": "https://app.example",
         "created_at": created["created_at"], "access_token_ttl": None, "refresh_token_ttl": None,
         "reuse_tokens": None, "max_user_login_attempts": None, "require_verified_users": False,
-        "introspection": "own", "resources": [], "access_token_format": None, "jwks": None,
+        "introspection": "own", "resources": [], "access_token_format": None,
+        "dpop_bound_access_tokens": False, "jwks": None,
     }
     assert before <= created["created_at"] <= int(time.time())
     # The secret works ...

@@ -121,6 +121,11 @@ async def test_each_scenario_prepares_requests_that_tokensvc_answers_with_2xx(
             assert len({orjson.loads(r.body)["access_token"] for r in replies}) == 1
         if scenario == "client_credentials":
             assert len({orjson.loads(r.body)["access_token"] for r in replies}) == len(replies)
+        if scenario == "client_credentials_dpop":
+            # each request its own proof, each answer a token bound to the generator's key
+            assert all(orjson.loads(r.body)["token_type"] == "DPoP" for r in replies)
+            assert workload.info["proofs"] == len(workload.requests)
+            assert len({req.split(b"DPoP: ")[1].split(b"\r\n")[0] for req, _ in sent}) == len(sent)
 
 
 async def test_refresh_chains_carry_each_answer_into_the_next_request(service: Proc) -> None:
@@ -866,6 +871,29 @@ async def test_the_jwt_suite_row_issues_jwt_access_tokens(tmp_path: Path) -> Non
                 svc.stop()
         finally:
             redis.stop()
+
+
+def test_the_suite_reports_dpop_against_bearer() -> None:
+    from bench.suite import CONFIGS, summarise
+
+    row = next(c for c in CONFIGS if c.key == "cc_dpop")
+    assert (row.changes, row.default) == ({"scenario": "client_credentials_dpop"}, False)
+    _, facts = summarise({"cc": [_synthetic("cc", 8000, 9.0)],
+                          "cc_dpop": [_synthetic("cc_dpop", 5000, 12.0)]})
+    goals = {g["goal"]: g for g in facts["goals"]}
+    assert goals["DPoP-bound client_credentials vs bearer (same run)"] == {
+        "goal": "DPoP-bound client_credentials vs bearer (same run)", "met": None, "measured": "0.62x"}
+
+
+def test_dpop_proofs_must_outlive_the_run() -> None:
+    from bench.admin import SetupError
+    from bench.dpop import token_requests
+
+    creds = {"client_id": "c", "client_secret": "s"}
+    reqs, info = token_requests("h:1", "http://h:1/oauth/token", creds, 3, 11)
+    assert len(reqs) == 3 and info["proofs"] == 3 and all(b"\r\nDPoP: ey" in r for r in reqs)
+    with pytest.raises(SetupError, match="keep --warmup plus --duration under 45 s"):
+        token_requests("h:1", "http://h:1/oauth/token", {}, 1, 60)
 
 
 def test_the_suite_reports_the_jwt_and_kit_goals() -> None:

@@ -231,6 +231,14 @@ def test_client_create_with_key_based_authentication(service: CliService, tmp_pa
     resp = httpx.post(f"{service.url}/oauth/token", data={"grant_type": "client_credentials"},
                       auth=(keyed["client_id"], back["client_secret"]))
     assert resp.status_code == 200, resp.text
+def test_client_create_sets_dpop_bound_access_tokens(service: CliService) -> None:
+    """RFC 9449 §5.2: the client's token requests need a DPoP proof."""
+    assert json_out(service.cli("client", "create", "--name", "free"))["dpop_bound_access_tokens"] is False
+    made = json_out(service.cli("client", "create", "--name", "bound", "--dpop-bound-access-tokens"))
+    assert made["dpop_bound_access_tokens"] is True
+    resp = httpx.post(f"{service.url}/oauth/token", data={"grant_type": "client_credentials"},
+                      auth=(made["client_id"], made["client_secret"]))
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_dpop_proof"
 
 
 def test_rotate_secret_and_revoke_take_effect_on_the_running_service(service: CliService) -> None:

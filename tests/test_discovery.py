@@ -24,6 +24,7 @@ from tests.support.authflow import (
     redeem,
 )
 from tests.support.config import ADMIN
+from tests.support.dpop import DPoPKey
 
 ISSUER = "http://testserver"
 SECRET_AND_KEY_METHODS = ["client_secret_basic", "client_secret_post", "client_secret_jwt",
@@ -89,11 +90,13 @@ async def test_metadata_document(http: httpx.AsyncClient) -> None:
     assert doc["response_modes_supported"] == ["query"]
     assert doc["code_challenge_methods_supported"] == ["S256"]
     assert doc["authorization_response_iss_parameter_supported"] is True
-    # Nothing beyond what RFC 8414 defines and this service can mean.
+    # RFC 9449 §5.1: the algorithms a DPoP proof may use (asymmetric only).
+    assert doc["dpop_signing_alg_values_supported"] == ["ES256", "ES384", "EdDSA", "RS256", "PS256"]
+    # Nothing beyond what RFC 8414 (and RFC 9449 §5.1) defines and this service can mean.
     allowed = {*stable, "grant_types_supported", "response_types_supported",
                "authorization_endpoint", "registration_endpoint", "code_challenge_methods_supported",
                "scopes_supported", "response_modes_supported",
-               "authorization_response_iss_parameter_supported"}
+               "authorization_response_iss_parameter_supported", "dpop_signing_alg_values_supported"}
     assert set(doc) <= allowed, set(doc) - allowed
 
 
@@ -358,6 +361,24 @@ async def test_listed_assertion_algs_work_and_others_are_refused(http: httpx.Asy
 
     assert [alg for alg in listed if await works(alg)] == listed
     assert not any([await works(alg) for alg in others])
+async def test_listed_dpop_algs_get_bound_tokens_and_others_are_refused(
+        http: httpx.AsyncClient) -> None:
+    """dpop_signing_alg_values_supported (RFC 9449 §5.1): a proof signed with each listed
+    algorithm gets a DPoP-bound token; one with an unlisted algorithm is refused."""
+    doc = await metadata(http)
+    client = await new_client(http)
+    url = f"{doc['issuer']}/oauth/token"
+    for alg in [*doc["dpop_signing_alg_values_supported"], "RS384"]:
+        key = DPoPKey(alg)
+        resp = await http.post("/oauth/token", auth=(client["client_id"], client["client_secret"]),
+                               data={"grant_type": "client_credentials"},
+                               headers={"DPoP": key.proof("POST", url)})
+        if alg in doc["dpop_signing_alg_values_supported"]:
+            assert resp.status_code == 200, f"{alg}: {resp.text}"
+            assert resp.json()["token_type"] == "DPoP"
+        else:
+            assert resp.status_code == 400, resp.text
+            assert resp.json()["error"] == "invalid_dpop_proof"
 
 
 # Each member the metadata may carry, and the test above that holds it to what is served.
@@ -387,6 +408,7 @@ CHECKED_MEMBERS = {
         test_listed_assertion_algs_work_and_others_are_refused,
     "revocation_endpoint_auth_signing_alg_values_supported":
         test_listed_assertion_algs_work_and_others_are_refused,
+    "dpop_signing_alg_values_supported": test_listed_dpop_algs_get_bound_tokens_and_others_are_refused,
 }
 
 

@@ -123,3 +123,14 @@ def test_the_replay_key_depends_on_key_and_jti() -> None:
     a, b = dpop.Proof("k1", "j"), dpop.Proof("k2", "j")
     assert a.replay_key() != b.replay_key()
     assert a.replay_key() == dpop.Proof("k1", "j").replay_key()
+
+
+def test_a_known_header_with_another_keys_signature_is_refused() -> None:
+    """The key built from a header is kept for the next proof with that header: the signature
+    is still checked against it, so a forger copying a client's header gains nothing."""
+    owner, forger = DPoPKey(), DPoPKey()
+    assert dpop.check(owner.proof("POST", URL), "POST", URL).jkt == owner.jkt
+    forged = forger.proof("POST", URL, headers={"jwk": owner.jwk})
+    assert forged.partition(".")[0] == owner.proof("POST", URL).partition(".")[0]
+    with pytest.raises(dpop.ProofError, match="signature"):
+        dpop.check(forged, "POST", URL)

@@ -13,10 +13,11 @@ from tests.support.api import cc_token, new_client, password_token
 from tests.support.assertions import assert_error, assert_json, bearer_challenge
 from tests.support.config import ADMIN
 from tests.support.stored import CODEC, expire_now, token_key
+from tokensvc.errors import DPOP_CHALLENGE
 from tokensvc.tokens import ACCESS, CODE, TokenCodec, new_grant_id
 
 INVALID = "The access token is invalid, expired or revoked."
-MISSING = "An access token is required (Authorization: Bearer ...)."
+MISSING = "An access token is required (Authorization: Bearer ... or DPoP ...)."
 ENDPOINTS = [("POST", "/login"), ("GET", "/oauth/userinfo")]
 
 
@@ -79,10 +80,13 @@ async def test_scheme_is_case_insensitive(http: httpx.AsyncClient, client: dict[
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
-@pytest.mark.parametrize("authorization", [None, "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Token abc"])
+@pytest.mark.parametrize("authorization", [None, "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Token abc",
+                                           "DPoP", "DPoP "])
 async def test_missing_token(http: httpx.AsyncClient, method: str, path: str,
                              authorization: str | None) -> None:
-    assert_invalid_token(await call(http, method, path, authorization), MISSING)
+    """RFC 9449 §7.2: an endpoint that takes both schemes offers both when none was used."""
+    assert_error(await call(http, method, path, authorization), 401, "invalid_token", MISSING,
+                 f"{bearer_challenge(MISSING)}, {DPOP_CHALLENGE}")
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)

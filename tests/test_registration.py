@@ -87,7 +87,8 @@ async def test_gancio_form_with_the_admin_key(http: httpx.AsyncClient, redis_db:
         "website": "https://myapp.example", "created_at": view["created_at"],
         "access_token_ttl": None, "refresh_token_ttl": None, "reuse_tokens": None,
         "max_user_login_attempts": None, "require_verified_users": False,
-        "introspection": "own", "resources": [], "access_token_format": None, "jwks": None,
+        "introspection": "own", "resources": [], "access_token_format": None,
+        "dpop_bound_access_tokens": False, "jwks": None,
     }
     assert before <= view["created_at"] <= int(time.time())
     # Stored only as an argon2id hash ...

@@ -62,6 +62,9 @@ AUDIENCE = "https://api.example/orders"
 LEEWAY = 10
 DROP = object()  # a claim or header left out of a token
 README = Path(__file__).parent.parent / "README.md"
+BOUND = "The access token is bound to a DPoP key (cnf): present it with Authorization: DPoP and a proof."
+# RFC 9449 §7.2: without credentials, both schemes are offered.
+NO_CREDENTIALS = 'Bearer realm="orders", DPoP realm="orders", algs="ES256 ES384 EdDSA RS256 PS256"'
 
 
 def now() -> int:
@@ -311,7 +314,7 @@ REJECTED: list[tuple[str, Callable[[Issuer], str], str]] = [
     ("scope as a list", lambda i: i.token(scope=["orders:read"]),
      "The access token's sub, client_id or scope is not a string."),
     ("sender-constrained", lambda i: i.token(cnf={"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}),
-     "The access token is bound to a key (cnf); it is not a bearer token."),
+     BOUND),
     ("no kid", lambda i: i.token(DROP), "The token names no signing key (kid)."),
     ("unknown kid", _made_up_kid, "The token's signing key is not one of the issuer's."),
     ("another key under a known kid", _known_kid_wrong_key, "The access token's signature does not verify."),
@@ -503,10 +506,14 @@ GOOD_ANSWER: dict[str, Any] = {"active": True, "token_type": "Bearer", "client_i
 ANSWERS: list[tuple[str, dict[str, Any], str]] = [
     ("inactive", {"active": False}, "The access token is invalid, expired or revoked."),
     ("active, as a string", {"active": "true"}, "The access token is invalid, expired or revoked."),
-    ("a refresh token", {"token_type": "refresh_token"}, "The token is not a bearer access token."),
-    ("a DPoP token", {"token_type": "DPoP"}, "The token is not a bearer access token."),
-    ("sender-constrained", {"cnf": {"jkt": "x"}},
-     "The access token is bound to a key (cnf); it is not a bearer token."),
+    ("a refresh token", {"token_type": "refresh_token"}, "The token is not an access token."),
+    ("a DPoP token without cnf", {"token_type": "DPoP"},
+     "The introspection answer's token_type and cnf disagree."),
+    ("a bearer token with cnf", {"token_type": "Bearer", "cnf": {"jkt": "x"}},
+     "The introspection answer's token_type and cnf disagree."),
+    ("an mTLS-bound token", {"cnf": {"x5t#S256": "x"}},
+     "The access token is bound to a key in a way this API cannot check (cnf)."),
+    ("sender-constrained", {"token_type": "DPoP", "cnf": {"jkt": "x"}}, BOUND),
     ("another issuer", {"iss": "https://auth.evil.example"},
      "The access token is from another issuer (iss)."),
     ("other audiences", {"aud": ["https://api.example/a", "https://api.example/b"]},
@@ -576,7 +583,7 @@ def client_of(app: Starlette) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://orders")
 
 
-NO_TOKEN = (401, 'Bearer realm="orders"', {"error_description": "A bearer access token is required."})
+NO_TOKEN = (401, NO_CREDENTIALS, {"error_description": "An access token is required."})
 NOT_BEARER = "The Authorization header is not 'Bearer <token>'."
 MALFORMED = (400, f'Bearer realm="orders", error="invalid_request", error_description="{NOT_BEARER}"',
              {"error": "invalid_request", "error_description": NOT_BEARER})
@@ -680,10 +687,10 @@ async def test_a_websocket_without_a_token_is_denied(issuer: Issuer,
     start, body = await websocket_handshake(app, {})
     assert (start["type"], start["status"], body["type"]) == (
         "websocket.http.response.start", 401, "websocket.http.response.body")
-    assert (b"www-authenticate", b'Bearer realm="orders"') in start["headers"]
+    assert (b"www-authenticate", NO_CREDENTIALS.encode()) in start["headers"]
     # A server that cannot send a denial response: the handshake is closed, policy violation.
     assert await websocket_handshake(app, {}, denial_extension=False) == [
-        {"type": "websocket.close", "code": 1008, "reason": "A bearer access token is required."}]
+        {"type": "websocket.close", "code": 1008, "reason": "An access token is required."}]
     accepted = await websocket_handshake(app, {"Authorization": f"Bearer {issuer.token()}"})
     assert [m["type"] for m in accepted] == ["websocket.accept", "websocket.send", "websocket.close"]
     assert json.loads(accepted[1]["text"]) == {"for": "alice"}
@@ -711,7 +718,7 @@ async def test_the_dependencies_have_the_signature_fastapi_reads(
 
     async with client_of(Starlette(routes=[Route("/orders", create_order, methods=["POST"])])) as client:
         resp = await client.post("/orders")
-        assert (resp.status_code, resp.headers["www-authenticate"]) == (401, 'Bearer realm="orders"')
+        assert (resp.status_code, resp.headers["www-authenticate"]) == (401, NO_CREDENTIALS)
         resp = await client.post("/orders", headers={"Authorization": f"Bearer {issuer.token()}"})
         assert resp.status_code == 403 and 'error="insufficient_scope"' in resp.headers["www-authenticate"]
 
@@ -892,7 +899,7 @@ async def test_a_refresh_token_never_opens_the_api(svc: Deployment) -> None:
     """Introspection calls a live refresh token active too (RFC 7662 §2.2)."""
     rs = await svc.kit()
     refresh_token = await svc.token("refresh_token")
-    assert await refusal(rs, refresh_token) == "The token is not a bearer access token."
+    assert await refusal(rs, refresh_token) == "The token is not an access token."
 
 
 async def test_an_opaque_token_for_another_audience_is_refused(svc: Deployment) -> None:
@@ -979,7 +986,7 @@ def readme_example_answers(client_id: str) -> dict[str, tuple[int, Any]]:
                 "error_description": "The access token is not for this API (aud)."}
     return {
         "healthz": (200, {"status": "ok"}),
-        "GET none": (401, 'Bearer realm="orders"'),
+        "GET none": (401, NO_CREDENTIALS),
         "GET reader": (200, {"orders": [], "for": "alice", "scopes": ["orders:read"]}),
         "POST reader": (403, {"error": "insufficient_scope",
                               "error_description": "This request needs the scope orders:write."}),

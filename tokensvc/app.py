@@ -22,6 +22,7 @@ from tokensvc.fleet import KeyMismatch
 from tokensvc.grants import GRANT_TYPES
 from tokensvc.http import openapi
 from tokensvc.http.admin import AdminEndpoints
+from tokensvc.http.bearer import DPoPPresentations
 from tokensvc.http.discovery import DiscoveryEndpoints
 from tokensvc.http.forwarded import ForwardedClients, TrustedProxies
 from tokensvc.http.hotpath import HotPaths, HotRoute, response_for
@@ -42,8 +43,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app; with no argument, settings come from `TOKENSVC_*` (uvicorn's factory mode)."""
     settings = keyfiles.with_generated_keys(settings or settings_mod.load())
     svc = Services.build(settings)
-    oauth = OAuthEndpoints(svc)
-    principal = PrincipalEndpoints(svc)
+    presentations = DPoPPresentations(svc.store, settings.issuer_url, svc.nonces)
+    oauth = OAuthEndpoints(svc, presentations)
+    principal = PrincipalEndpoints(svc, presentations)
     discovery = DiscoveryEndpoints(svc)
     admin = AdminEndpoints(svc)
     registration = RegistrationEndpoints(svc, admin)

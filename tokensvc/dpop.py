@@ -15,6 +15,7 @@ HMAC algorithm are refused before any key is built (a symmetric key cannot be in
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import struct
@@ -26,6 +27,8 @@ from urllib.parse import urlsplit
 import jwt
 import orjson
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tokensvc.lru import LRU
 
 TYP = "dpop+jwt"
 SCHEME = "DPoP"
@@ -51,6 +54,12 @@ _PRIVATE_MEMBERS = frozenset(("d", "p", "q", "dp", "dq", "qi", "oth", "k"))
 # RFC 7638 §3.2: the members a key's thumbprint is taken over, by key type.
 _THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x"), "RSA": ("e", "kty", "n")}
 _JWS = jwt.PyJWS(options={"verify_signature": True})
+# A client signs every proof with the same key, so every proof of it starts with the same
+# header segment: the key built from it (and its thumbprint) is kept, by that segment, for the
+# next proof. Only keys that were built are kept, and only from headers short enough (an RSA-4096
+# key's is about 1 KB) that the cache stays a few MB at most.
+_KEYS_KEPT = 10_000
+_MAX_KEPT_HEADER = 1536
 
 
 class ProofError(Exception):
@@ -80,6 +89,7 @@ def token_hash(token: str) -> str:
     return b64url(hashlib.sha256(token.encode("ascii", "replace")).digest())
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_htu(url: str) -> str:
     """RFC 9449 §4.3: the target URI without query and fragment, compared after RFC 3986 §6.2.2
     and §6.2.3 normalization (case of scheme and host, default port, empty path)."""
@@ -95,6 +105,16 @@ def normalize_htu(url: str) -> str:
     default = {"http": 80, "https": 443}.get(scheme)
     netloc = host if port is None or port == default else f"{host}:{port}"
     return f"{scheme}://{netloc}{parts.path or '/'}"
+
+
+@dataclass(frozen=True, slots=True)
+class _ProofKey:
+    alg: str
+    jkt: str
+    key: Any
+
+
+_keys: LRU[str, _ProofKey] = LRU(_KEYS_KEPT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +175,26 @@ def _header(proof: str) -> tuple[str, dict[str, Any]]:
     return alg, jwk
 
 
+def _key_of(proof: str) -> _ProofKey:
+    """The proof's public key, from its header: built once per header (see `_keys`)."""
+    segment = proof.partition(".")[0]
+    known = _keys.get(segment)
+    if known is not None:
+        return known
+    alg, jwk = _header(proof)
+    try:
+        jkt = thumbprint(jwk)
+        key = jwt.PyJWK(jwk, algorithm=alg).key
+    except (jwt.PyJWKError, ValueError):
+        raise ProofError("The DPoP proof's jwk is not a usable public key.") from None
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
+        raise ProofError("The DPoP proof's RSA key is shorter than 2048 bits.")
+    known = _ProofKey(alg, jkt, key)
+    if len(segment) <= _MAX_KEPT_HEADER:
+        _keys.put(segment, known)
+    return known
+
+
 def check(proof: str | None, method: str, url: str, *, access_token: str | None = None,
           nonces: Nonces | None = None, now: float | None = None) -> Proof:
     """The proof of one request, checked per RFC 9449 §4.3 (all but the replay: see the module
@@ -164,16 +204,9 @@ def check(proof: str | None, method: str, url: str, *, access_token: str | None 
         raise ProofError("A DPoP proof is required.")
     if len(proof) > MAX_PROOF_LENGTH:
         raise ProofError("The DPoP proof is too large.")
-    alg, jwk = _header(proof)
+    known = _key_of(proof)
     try:
-        jkt = thumbprint(jwk)
-        key = jwt.PyJWK(jwk, algorithm=alg).key
-    except (jwt.PyJWKError, ValueError):
-        raise ProofError("The DPoP proof's jwk is not a usable public key.") from None
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
-        raise ProofError("The DPoP proof's RSA key is shorter than 2048 bits.")
-    try:
-        payload = _JWS.decode(proof, key, algorithms=[alg])
+        payload = _JWS.decode(proof, known.key, algorithms=[known.alg])
         claims = orjson.loads(payload)
     except (jwt.InvalidTokenError, orjson.JSONDecodeError, ValueError):
         raise ProofError("The DPoP proof's signature does not verify with its key.") from None
@@ -199,4 +232,4 @@ def check(proof: str | None, method: str, url: str, *, access_token: str | None 
             raise ProofError("The DPoP proof is for another access token (ath).")
     if nonces is not None and not nonces.valid(claims.get("nonce"), moment):
         raise NonceRequired("The authorization server requires a DPoP nonce in the proof.")
-    return Proof(jkt, jti)
+    return Proof(known.jkt, jti)

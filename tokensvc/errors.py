@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from tokensvc import dpop
+
 
 class OAuthError(Exception):
     """An error the client is told about in an RFC-shaped JSON body."""
@@ -75,17 +77,69 @@ class UnsupportedTokenType(OAuthError):
 
 
 class InvalidToken(OAuthError):
-    """RFC 6750 §3.1: the bearer token is missing, expired, revoked or unknown."""
+    """RFC 6750 §3.1: the bearer token is missing, expired, revoked or unknown. `also` is a
+    further challenge for an endpoint that takes another scheme too (RFC 9449 §7.2)."""
 
     error = "invalid_token"
     status_code = 401
 
-    def __init__(self, description: str) -> None:
-        super().__init__(
-            description,
-            {"WWW-Authenticate": f'Bearer realm="tokensvc", error="invalid_token", '
-                                f'error_description="{description}"'},
-        )
+    def __init__(self, description: str, also: str | None = None) -> None:
+        challenge = (f'Bearer realm="tokensvc", error="invalid_token", '
+                     f'error_description="{description}"')
+        super().__init__(description, {"WWW-Authenticate": challenge if also is None
+                                       else f"{challenge}, {also}"})
+
+
+# RFC 9449 §7.1: a DPoP challenge names the proof algorithms this server accepts.
+DPOP_ALGS = " ".join(dpop.ALGS)
+DPOP_CHALLENGE = f'DPoP realm="tokensvc", algs="{DPOP_ALGS}"'
+
+
+class DPoPRefused(OAuthError):
+    """RFC 9449 §7.1: a token presented with the DPoP scheme is refused: 401 and a DPoP
+    challenge carrying the error (and, for `use_dpop_nonce`, a fresh `DPoP-Nonce`)."""
+
+    status_code = 401
+
+    def __init__(self, description: str, nonce: str | None = None) -> None:
+        headers = {"WWW-Authenticate": f'DPoP realm="tokensvc", error="{self.error}", '
+                                       f'error_description="{description}", '
+                                       f'algs="{DPOP_ALGS}"'}
+        if nonce is not None:
+            headers["DPoP-Nonce"] = nonce
+        super().__init__(description, headers)
+
+
+class DPoPTokenRefused(DPoPRefused):
+    """RFC 9449 §7.1: the token is unknown, expired or revoked, or not bound to the proof's key."""
+
+    error = "invalid_token"
+
+
+class DPoPProofRefused(DPoPRefused):
+    """RFC 9449 §7.1: the proof is missing, malformed, not for this request, or replayed."""
+
+    error = "invalid_dpop_proof"
+
+
+class DPoPNonceRequired(DPoPRefused):
+    """RFC 9449 §9: the resource wants the server's nonce in the proof; `DPoP-Nonce` has one."""
+
+    error = "use_dpop_nonce"
+
+
+class InvalidDPoPProof(OAuthError):
+    """RFC 9449 §5: the DPoP proof is missing where required, malformed, not for this request,
+    replayed, or signed by another key than the one the refresh token is bound to."""
+
+    error = "invalid_dpop_proof"
+
+
+class UseDPoPNonce(OAuthError):
+    """RFC 9449 §8: the server demands its nonce in the proof; the `DPoP-Nonce` header of the
+    answer carries a fresh one to retry with."""
+
+    error = "use_dpop_nonce"
 
 
 class UserNotVerified(OAuthError):

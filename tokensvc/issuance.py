@@ -60,6 +60,17 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def token_type(jkt: str | None) -> str:
+    """RFC 9449 §5.1: `DPoP` for a token bound to a proof's key, else RFC 6750's `Bearer`."""
+    return "Bearer" if jkt is None else "DPoP"
+
+
+def refresh_jkt(client: Client, jkt: str | None) -> str | None:
+    """RFC 9449 §5: a public client's refresh token is bound to the DPoP key it was issued
+    with; a confidential client's is bound to the client's own authentication instead."""
+    return jkt if client.is_public else None
+
+
 class TokenWriter:
     """Mints tokens for a client (and user) and persists them in the grant's hash slot."""
 
@@ -117,76 +128,82 @@ class TokenWriter:
         return PendingAccess(access.token, None, access.digest)
 
     def finish(self, pending: PendingAccess, client: Client, username: str | None, scope: str,
-               aud: str | None, issued_ms: int, ttl_ms: int) -> str:
+               aud: str | None, issued_ms: int, ttl_ms: int, jkt: str | None = None) -> str:
         """The token itself: the opaque one, or the JWT signed with what its record says."""
         if pending.token is not None:
             return pending.token
         # Type narrowing: new_access() gives a jti whenever it gives no token.
         assert pending.jti is not None  # noqa: S101
         return self.signer.sign(access_claims(self.settings.issuer_url, client.client_id, username,
-                                              scope, aud, issued_ms, ttl_ms, pending.jti))
+                                              scope, aud, issued_ms, ttl_ms, pending.jti, jkt))
 
     async def _signed(self, client: Client, username: str | None, scope: str, aud: str | None,
-                      grant_id: str, now: int, ttl_ms: int) -> tuple[str, str]:
+                      grant_id: str, now: int, ttl_ms: int, jkt: str | None) -> tuple[str, str]:
         """A JWT access token, signed now, and the key of its record."""
         await self.prepare(client)
         pending = self.new_access(client, grant_id)
-        token = self.finish(pending, client, username, scope, aud, now, ttl_ms)
+        token = self.finish(pending, client, username, scope, aud, now, ttl_ms, jkt)
         return token, keys.token(grant_id, pending.digest)
 
     async def _access(self, client: Client, username: str | None, scope: str, aud: str | None,
-                      grant_id: str, now: int, ttl_ms: int) -> tuple[str, str]:
+                      grant_id: str, now: int, ttl_ms: int, jkt: str | None) -> tuple[str, str]:
         """A new grant's access token, JWT or opaque as the client's format says, and the key
         of its record."""
         if self.jwt(client):
-            return await self._signed(client, username, scope, aud, grant_id, now, ttl_ms)
+            return await self._signed(client, username, scope, aud, grant_id, now, ttl_ms, jkt)
         access = self.codec.mint(ACCESS, grant_id)
         return access.token, keys.token(grant_id, access.digest)
 
-    async def lone(self, client: Client, scope: str, aud: str | None = None) -> TokenResponse:
-        """An access token for the client itself (for the audience `aud`, RFC 8707): nothing to
-        index (the hot path: one SET)."""
+    async def lone(self, client: Client, scope: str, aud: str | None = None,
+                   jkt: str | None = None) -> TokenResponse:
+        """An access token for the client itself (for the audience `aud`, RFC 8707; bound to
+        the DPoP key `jkt`, RFC 9449): nothing to index (the hot path: one SET)."""
         if self.reuses(client):
-            reused = await self._reusable(client, None, scope, with_refresh=False, aud=aud)
+            reused = await self._reusable(client, None, scope, False, aud, jkt)
             if reused is not None:
                 return reused
         at_ttl = self.access_ttl(client) * 1000
         grant_id = new_grant_id()
         now = now_ms()
-        token, key = await self._access(client, None, scope, aud, grant_id, now, at_ttl)
+        token, key = await self._access(client, None, scope, aud, grant_id, now, at_ttl, jkt)
         await self.store.put_token(
-            key, records.encode_token(ACCESS, client.client_id, None, scope, grant_id, now, at_ttl, aud),
+            key, records.encode_token(ACCESS, client.client_id, None, scope, grant_id, now, at_ttl,
+                                      aud, jkt),
             at_ttl)
-        return TokenResponse(token, at_ttl // 1000, scope)
+        return TokenResponse(token, at_ttl // 1000, scope, token_type=token_type(jkt))
 
     async def grant(self, client: Client, username: str, scope: str, with_refresh: bool,
-                    aud: str | None = None) -> TokenResponse:
+                    aud: str | None = None, jkt: str | None = None) -> TokenResponse:
         """A new grant for a user: its access token (and refresh token), indexed in the grant
-        and linked to the user, so deleting the user ends it. Both tokens carry the audience."""
+        and linked to the user, so deleting the user ends it. Both tokens carry the audience.
+        With a DPoP key (`jkt`), the access token is bound to it, and so is a public client's
+        refresh token (RFC 9449 §5)."""
         if self.reuses(client):
-            reused = await self._reusable(client, username, scope, with_refresh, aud)
+            reused = await self._reusable(client, username, scope, with_refresh, aud, jkt)
             if reused is not None:
                 return reused
         at_ttl = self.access_ttl(client) * 1000
         rt_ttl = self.refresh_ttl(client) * 1000 if with_refresh else 0
         now = now_ms()
         grant_id = new_grant_id()
-        token, key = await self._access(client, username, scope, aud, grant_id, now, at_ttl)
+        token, key = await self._access(client, username, scope, aud, grant_id, now, at_ttl, jkt)
         written = [(key, records.encode_token(ACCESS, client.client_id, username, scope, grant_id,
-                                              now, at_ttl, aud), at_ttl)]
+                                              now, at_ttl, aud, jkt), at_ttl)]
         refresh: str | None = None
         if with_refresh:
             minted = self.codec.mint(REFRESH, grant_id)
             refresh = minted.token
             written.append((keys.token(grant_id, minted.digest),
                             records.encode_token(REFRESH, client.client_id, username, scope,
-                                                 grant_id, now, rt_ttl, aud), rt_ttl))
+                                                 grant_id, now, rt_ttl, aud,
+                                                 refresh_jkt(client, jkt)), rt_ttl))
         await self.store.issue(grant_id, written)
         await self.store.link_user_grant(username, grant_id, max(at_ttl, rt_ttl))
-        return TokenResponse(token, at_ttl // 1000, scope, refresh)
+        return TokenResponse(token, at_ttl // 1000, scope, refresh, token_type(jkt))
 
     async def _reusable(self, client: Client, username: str | None, scope: str,
-                        with_refresh: bool, aud: str | None) -> TokenResponse | None:
+                        with_refresh: bool, aud: str | None,
+                        jkt: str | None = None) -> TokenResponse | None:
         """finAPI reuse: identical requests meet on one derived grant and one reuse record.
         Identical means the same client, user, scope set and audience: a token for one resource
         server is never handed to a request for another.
@@ -196,6 +213,10 @@ class TokenWriter:
         yields no usable token. JWT and opaque requests meet on different grants, so a client
         whose format changes gets a token of its new format.
 
+        A DPoP-bound request (RFC 9449) meets only requests bound to the same key: the key's
+        thumbprint is part of the derived grant id, so it is never handed a bearer token or a
+        token bound to another key, and a bearer request never gets a bound one.
+
         None only when the live token was derived or sealed under a server key that is no
         longer configured; the caller then issues an ordinary token.
         """
@@ -204,7 +225,11 @@ class TokenWriter:
         now = now_ms()
         parts = (client.client_id, username or "", scope)
         jwt = self.jwt(client)
-        if jwt:
+        kind = token_type(jkt)
+        if jkt is not None:
+            grant_id = derived_grant_id("reuse-dpop-jwt" if jwt else "reuse-dpop", *parts,
+                                        aud or "", jkt)
+        elif jwt:
             grant_id = derived_grant_id("reuse-jwt", *parts, aud or "")
         else:
             grant_id = derived_grant_id("reuse", *parts, aud) if aud else derived_grant_id("reuse", *parts)
@@ -212,14 +237,15 @@ class TokenWriter:
         if cached is not None:
             if now < cached.until:
                 return TokenResponse(cached.access, (cached.expires_at - now) // 1000, scope,
-                                     cached.refresh)
+                                     cached.refresh, kind)
             self._reused.pop(grant_id)
         epoch = self.clients.epoch
         keyring = self.codec.keyring
         at_seed: str | None = None
         sealed: str | None = None
         if jwt:
-            access, at_key = await self._signed(client, username, scope, aud, grant_id, now, at_ttl)
+            access, at_key = await self._signed(client, username, scope, aud, grant_id, now, at_ttl,
+                                                jkt)
             sealed = keyring.seal(REUSED_TOKENS, access.encode("ascii"), grant_id.encode())
         else:
             at_seed = new_seed()
@@ -228,7 +254,7 @@ class TokenWriter:
             assert derived is not None  # noqa: S101
             access, at_key = derived.token, keys.token(grant_id, derived.digest)
         tokens = [(at_key, records.encode_token(ACCESS, client.client_id, username, scope,
-                                                grant_id, now, at_ttl, aud), at_ttl)]
+                                                grant_id, now, at_ttl, aud, jkt), at_ttl)]
         refresh: Minted | None = None
         rt_seed: str | None = None
         if with_refresh:
@@ -237,14 +263,16 @@ class TokenWriter:
             assert refresh is not None  # noqa: S101 -- as above: the signing key always exists
             tokens.append((keys.token(grant_id, refresh.digest),
                            records.encode_token(REFRESH, client.client_id, username, scope,
-                                                grant_id, now, rt_ttl, aud), rt_ttl))
+                                                grant_id, now, rt_ttl, aud,
+                                                refresh_jkt(client, jkt)), rt_ttl))
         reuse = records.encode_reuse(at_ttl, at_key, at_seed, rt_seed, self.codec.key_id, sealed)
         found = await self.store.reuse_or_issue(grant_id, reuse, at_ttl, tokens)
         if username is not None:
             await self.store.link_user_grant(username, grant_id, max(at_ttl, rt_ttl))
         if found is None:
             self._remember(grant_id, client, access, refresh, at_ttl, now, now + at_ttl, epoch)
-            return TokenResponse(access, at_ttl // 1000, scope, refresh.token if refresh else None)
+            return TokenResponse(access, at_ttl // 1000, scope, refresh.token if refresh else None,
+                                 kind)
         live, left_ms = found
         lifetime, live_at_seed, live_rt_seed, key_id, live_sealed = records.decode_reuse(live)
         if live_sealed is not None:
@@ -259,7 +287,8 @@ class TokenWriter:
         if live_access is None or (live_rt_seed is not None and refresh is None):
             return None
         self._remember(grant_id, client, live_access, refresh, lifetime, now, now + left_ms, epoch)
-        return TokenResponse(live_access, left_ms // 1000, scope, refresh.token if refresh else None)
+        return TokenResponse(live_access, left_ms // 1000, scope, refresh.token if refresh else None,
+                             kind)
 
     def _remember(self, grant_id: str, client: Client, access: str, refresh: Minted | None,
                   lifetime_ms: int, now: int, expires_at: int, epoch: int) -> None:

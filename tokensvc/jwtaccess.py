@@ -41,10 +41,12 @@ def looks_like_jwt(token: str) -> bool:
 
 
 def access_claims(issuer: str, client_id: str, username: str | None, scope: str,
-                  audience: str | None, issued_ms: int, ttl_ms: int, jti: str) -> dict[str, object]:
+                  audience: str | None, issued_ms: int, ttl_ms: int, jti: str,
+                  jkt: str | None = None) -> dict[str, object]:
     """RFC 9068 §2.2: `sub` is the user, or the client for client_credentials; `aud` the RFC
     8707 resources (a list) when the token has an audience, else the issuer itself; `scope`
-    only when not empty. Times in epoch seconds, as the record's (epoch ms) cut down."""
+    only when not empty; RFC 9449 §6.1 `cnf.jkt` when the token is DPoP-bound. Times in epoch
+    seconds, as the record's (epoch ms) cut down."""
     claims: dict[str, object] = {
         "iss": issuer,
         "sub": username or client_id,
@@ -56,4 +58,6 @@ def access_claims(issuer: str, client_id: str, username: str | None, scope: str,
     }
     if scope:
         claims["scope"] = scope
+    if jkt is not None:
+        claims["cnf"] = {"jkt": jkt}
     return claims

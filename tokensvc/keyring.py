@@ -7,9 +7,10 @@ starts signing only once no instance would refuse what it signs, and the fleet i
 into instances that reject each other's tokens.
 
 Everything the deployment derives from its keys goes through here: token tags (tokens.py),
-the keyed verifiers of client secrets, the CSRF tokens of the HTML forms, and what it keeps in
-Redis encrypted (JWT signing keys, reused JWTs, client_secret_jwt secrets: `seal`). Each use
-has its own subkey, HMAC(server key, purpose), so one value can never be replayed as another.
+the keyed verifiers of client secrets, the CSRF tokens of the HTML forms, DPoP server nonces
+(proofs.py), and what it keeps in Redis encrypted (JWT signing keys, reused JWTs,
+client_secret_jwt secrets: `seal`). Each use has its own subkey, HMAC(server key, purpose), so
+one value can never be replayed as another.
 
 Fingerprints name keys in Redis without revealing them: HMAC(key, "fingerprint"), 64 bits.
 """
@@ -31,6 +32,8 @@ SIGNING_KEYS = b"signing key encryption"
 REUSED_TOKENS = b"reused token encryption"
 # A client_secret_jwt client's secret: the server needs it to check the HMAC of its assertions.
 CLIENT_SECRETS = b"client secret encryption"
+# What `subkeys` derives for other modules.
+DPOP_NONCES = b"dpop nonce"
 
 
 def key_id(key: str) -> str:
@@ -73,6 +76,11 @@ class Keyring:
     @property
     def signing_fingerprint(self) -> str:
         return self.fingerprints[self.signing]
+
+    def subkeys(self, purpose: bytes) -> tuple[bytes, ...]:
+        """The subkey for `purpose` of every listed key, in the keys' order (`signing` picks
+        the one that makes new values; all of them check)."""
+        return tuple(_subkey(k, purpose) for k in self.keys)
 
     # -- client secret verifiers ------------------------------------------------------------
 

@@ -47,8 +47,11 @@ OAUTH_ERRORS = frozenset({
     "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
     "unsupported_grant_type", "invalid_scope", "unsupported_token_type", "invalid_token",
     "access_denied", "user_locked", "temporarily_unavailable", "server_error", "not_found",
-    "method_not_allowed",
+    "method_not_allowed", "invalid_dpop_proof", "use_dpop_nonce",
 })
+# Why DPoP proofs were refused: malformed or not for the request, without the server nonce,
+# replayed, missing where required, signed by another key than the token's.
+DPOP_REASONS = ("invalid", "nonce", "replayed", "missing", "key")
 
 HTTP_REQUESTS = Counter("tokensvc_http_requests", "HTTP requests answered.",
                         ["route", "method", "status"])
@@ -81,6 +84,8 @@ LOCKOUTS = Counter("tokensvc_lockouts", "Users locked after too many failed logi
 CODES = Counter("tokensvc_authorization_codes", "Authorization codes by event.", ["event"])
 REFRESH_REUSE = Counter("tokensvc_refresh_reuse_detected",
                         "Rotated refresh tokens presented again (the grant was revoked).")
+DPOP_REFUSED = Counter("tokensvc_dpop_proofs_refused", "DPoP proofs refused (RFC 9449), by reason.",
+                       ["reason"])
 SIGNING_KEY_AGE = Gauge("tokensvc_signing_key_age_seconds",
                         "Seconds since the JWT signing key in use began signing (read every "
                         "signing_key_refresh seconds).", multiprocess_mode="livemax")
@@ -139,6 +144,8 @@ def _precreate() -> None:
         _child(CODES, event)
     for hint in ("access_token", "refresh_token", "none"):
         _child(REVOCATIONS, hint)
+    for reason in DPOP_REASONS:
+        _child(DPOP_REFUSED, reason)
     for operation in STORE_OPERATIONS:
         _child(REDIS_LATENCY, operation)
         _child(REDIS_ERRORS, operation)
@@ -265,6 +272,11 @@ def locked_out() -> None:
 def code_event(event: str) -> None:
     if ENABLED:
         _count(_child(CODES, event))
+
+
+def dpop_refused(reason: str) -> None:
+    if ENABLED:
+        _count(_child(DPOP_REFUSED, reason if reason in DPOP_REASONS else "invalid"))
 
 
 def refresh_reuse() -> None:

@@ -52,6 +52,9 @@ class Client:
     # (keyring.CLIENT_SECRETS, the client id authenticated with it), since the server needs it
     # as the HMAC key of the client's assertions. Never plaintext; None for every other method.
     secret_sealed: str | None = None
+    # RFC 9449 §5.2: every token request of the client must carry a DPoP proof (its access
+    # tokens are always DPoP-bound).
+    dpop_bound_access_tokens: bool = False
 
     @property
     def is_public(self) -> bool:
@@ -122,11 +125,13 @@ class TokenResponse:
     expires_in: int
     scope: str
     refresh_token: str | None = None
+    # RFC 9449 §5.1: "DPoP" for a token bound to the proof's key, "Bearer" otherwise.
+    token_type: str = "Bearer"  # noqa: S105 -- a token type's name, not a secret
 
     def to_dict(self) -> dict[str, object]:
         body: dict[str, object] = {
             "access_token": self.access_token,
-            "token_type": "Bearer",
+            "token_type": self.token_type,
             "expires_in": self.expires_in,
             "scope": self.scope or None,
         }

@@ -34,7 +34,7 @@ _CONFIG_INTS = ("access_token_ttl", "refresh_token_ttl", "max_user_login_attempt
 # Ten years: a lifetime must fit Redis' PX and the 64-bit `exp` of a token record.
 _EDITABLE = ("name", "redirect_uris", "scopes", "grant_types", "website",
              "reuse_tokens", "require_verified_users", *_CONFIG_INTS, "introspection", "resources",
-             "access_token_format", "jwks", "token_endpoint_auth_method")
+             "access_token_format", "dpop_bound_access_tokens", "jwks", "token_endpoint_auth_method")
 # RFC 7662 §4: whose tokens a client may introspect, its own or (a resource server) anyone's.
 INTROSPECTION = ("own", "all")
 _CREATABLE = _EDITABLE
@@ -161,6 +161,10 @@ def _config(doc: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(doc["require_verified_users"], bool):
             raise InvalidRequest("'require_verified_users' must be true or false.")
         out["require_verified_users"] = doc["require_verified_users"]
+    if "dpop_bound_access_tokens" in doc:
+        if not isinstance(doc["dpop_bound_access_tokens"], bool):
+            raise InvalidRequest("'dpop_bound_access_tokens' must be true or false (RFC 9449 §5.2).")
+        out["dpop_bound_access_tokens"] = doc["dpop_bound_access_tokens"]
     return out
 
 

@@ -10,6 +10,7 @@ from tokensvc.fleet import Fleet
 from tokensvc.hashing import Hasher
 from tokensvc.issuance import TokenWriter
 from tokensvc.keyring import Keyring
+from tokensvc.proofs import DeploymentNonces
 from tokensvc.settings import Settings
 from tokensvc.signing import Signer
 from tokensvc.store.redis import RedisStore, open_store
@@ -28,6 +29,9 @@ class Services:
     usage: Usage
     fleet: Fleet
     signer: Signer
+    # RFC 9449 §8 server nonces, one instance for every endpoint that checks DPoP proofs;
+    # None when TOKENSVC_DPOP_NONCE is off (no nonce is demanded).
+    nonces: DeploymentNonces | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -51,4 +55,5 @@ class Services:
         signer = Signer(store, keyring, settings)
         tokens = TokenWriter(store, codec, clients, settings, signer)
         fleet = Fleet(store.redis, keyring, settings.fleet_heartbeat)
-        return cls(settings, store, codec, hasher, clients, tokens, usage, fleet, signer)
+        nonces = DeploymentNonces(keyring) if settings.dpop_nonce else None
+        return cls(settings, store, codec, hasher, clients, tokens, usage, fleet, signer, nonces)

@@ -165,6 +165,7 @@ class Settings:
     signing_key_publish_ahead: int = 300
     signing_key_refresh: float = 5.0
     allow_plain_pkce: bool = False
+    dpop_nonce: bool = False
     session_ttl: int = 8 * 3600
     consent_ttl: int = 90 * 86400
     scope_descriptions: tuple[tuple[str, str], ...] = DEFAULT_SCOPE_DESCRIPTIONS
@@ -272,6 +273,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("signing_key_refresh", "Seconds between a worker's readings of the signing keys.",
            _float, lambda v: None if 0.05 <= v <= 3600 else "must be between 0.05 and 3600"),
     Option("allow_plain_pkce", "Accept PKCE method `plain` (RFC 7636); S256 only when off.", _bool),
+    Option("dpop_nonce", "Demand a server nonce in DPoP proofs (RFC 9449 §8).", _bool),
     Option("session_ttl", "Seconds a login session on the authorization pages lasts.", _int,
            _between(60, MAX_TTL)),
     Option("consent_ttl", "Seconds a user's consent to a client is remembered; 0 never.", _int,

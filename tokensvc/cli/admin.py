@@ -132,15 +132,19 @@ def client() -> None:
                    "needs --jwks and gets no secret.")
 @click.option("--jwks", "jwks_file", type=click.File("rb"), metavar="FILE",
               help="The client's public keys, a JWK Set file ('-': standard input).")
+@click.option("--dpop-bound-access-tokens", is_flag=True,
+              help="Every token request must carry a DPoP proof (RFC 9449 §5.2).")
 @_admin_options
 def client_create(name: str, redirect_uris: tuple[str, ...], scopes: tuple[str, ...],
                   grant_types: tuple[str, ...], website: str | None, public: bool,
                   resources: tuple[str, ...], introspection: str, access_token_format: str | None,
-                  auth_method: str | None, jwks_file: IO[bytes] | None, **flags: Any) -> None:
+                  auth_method: str | None, jwks_file: IO[bytes] | None,
+                  dpop_bound_access_tokens: bool, **flags: Any) -> None:
     """Create a client and print it as JSON, with its secret: the only time the secret is shown."""
     doc: dict[str, Any] = {"name": name, "redirect_uris": list(redirect_uris), "scopes": list(scopes),
                            "resources": list(resources), "introspection": introspection,
-                           "access_token_format": access_token_format}
+                           "access_token_format": access_token_format,
+                           "dpop_bound_access_tokens": dpop_bound_access_tokens}
     if grant_types:
         doc["grant_types"] = list(grant_types)
     if website is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from tokensvc import metrics, pkce, resources
 from tokensvc.errors import InvalidGrant, InvalidRequest, InvalidTarget
 from tokensvc.grants.base import Grant, GrantContext
-from tokensvc.issuance import TokenWriter, now_ms
+from tokensvc.issuance import TokenWriter, now_ms, token_type
 from tokensvc.models import Client, TokenResponse
 from tokensvc.store import keys, records
 from tokensvc.tokens import CODE, REFRESH, new_grant_id
@@ -83,7 +83,8 @@ async def handle(ctx: GrantContext) -> TokenResponse:
     out = await ctx.store.redeem(parsed.grant_id, parsed.digest, access.digest, refresh.digest,
                                  client.client_id, redirect_uri or "", verifier or "", s256,
                                  at_ttl, rt_ttl, with_refresh,
-                                 " ".join(wanted) if wanted is not None else "")
+                                 " ".join(wanted) if wanted is not None else "",
+                                 ctx.jkt or "", client.is_public)
     if out[0] == "TARGET":
         raise InvalidTarget(_WIDER)
     if out[0] == "REPLAY":
@@ -99,8 +100,10 @@ async def handle(ctx: GrantContext) -> TokenResponse:
     username, scope = out[1], out[2]
     await ctx.store.link_user_grant(username, parsed.grant_id,
                                     max(at_ttl, rt_ttl) if with_refresh else at_ttl)
-    token = tokens.finish(access, client, username, scope, out[4] or None, int(out[3]), at_ttl)
-    return TokenResponse(token, at_ttl // 1000, scope, refresh.token if with_refresh else None)
+    token = tokens.finish(access, client, username, scope, out[4] or None, int(out[3]), at_ttl,
+                          ctx.jkt)
+    return TokenResponse(token, at_ttl // 1000, scope, refresh.token if with_refresh else None,
+                         token_type(ctx.jkt))
 
 
 GRANT = Grant(GRANT_TYPE, handle, allows_public=True)

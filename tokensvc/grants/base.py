@@ -23,6 +23,9 @@ class GrantContext:
     store: GrantStorage
     hasher: Hasher
     settings: Settings
+    # RFC 9449: the thumbprint of the key of the request's checked DPoP proof, to bind the
+    # tokens to; None for a bearer request.
+    jkt: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ async def handle(ctx: GrantContext) -> TokenResponse:
     scope = scopes.grant(scopes.parse(ctx.params.get("scope")), client.scopes)
     aud = resources.audience(resources.parse(ctx.params.get("resource")), client.resources)
     # RFC 6749 §4.4.3: a refresh token SHOULD NOT be included.
-    return await ctx.tokens.lone(client, scope, aud)
+    return await ctx.tokens.lone(client, scope, aud, ctx.jkt)
 
 
 # RFC 6749 §4.4: the client credentials grant MUST only be used by confidential clients.

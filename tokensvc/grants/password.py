@@ -21,7 +21,8 @@ async def handle(ctx: GrantContext) -> TokenResponse:
     aud = resources.audience(resources.parse(ctx.params.get("resource")), ctx.client.resources)
     user = await authenticate(ctx.store, ctx.hasher, ctx.settings, ctx.client, username, password)
     with_refresh = "refresh_token" in ctx.client.grant_types
-    return await ctx.tokens.grant(ctx.client, user.username, scope, with_refresh, aud)
+    return await ctx.tokens.grant(ctx.client, user.username, scope, with_refresh, aud,
+                                 ctx.jkt)
 
 
 GRANT = Grant(GRANT_TYPE, handle, allows_public=True)

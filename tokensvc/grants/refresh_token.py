@@ -9,8 +9,16 @@ grant left alone, so no client can end another's grant with a token it got hold 
 from __future__ import annotations
 
 from tokensvc import metrics, resources, scopes
-from tokensvc.errors import InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget, OAuthError
+from tokensvc.errors import (
+    InvalidDPoPProof,
+    InvalidGrant,
+    InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
+    OAuthError,
+)
 from tokensvc.grants.base import Grant, GrantContext
+from tokensvc.issuance import token_type
 from tokensvc.models import TokenResponse
 from tokensvc.tokens import REFRESH
 
@@ -22,6 +30,13 @@ _REFUSALS: dict[str, tuple[type[OAuthError], str]] = {
     "CLIENT": (InvalidGrant, "The refresh token was issued to another client."),
     "SCOPE": (InvalidScope, "The requested scope exceeds the scope originally granted."),
     "TARGET": (InvalidTarget, "The requested resource exceeds the audience originally granted."),
+    # RFC 9449 §5: a bound refresh token is used with a proof of the same key. Without any
+    # proof the request lacks one (invalid_dpop_proof); with another key's, the proof is
+    # sound but the refresh token is not this key's to use (invalid_grant, as for another
+    # client's token). Either way the token and its grant are left as they were.
+    "DPOP_MISSING": (InvalidDPoPProof, "The refresh token is DPoP-bound: send a DPoP proof "
+                     "signed with its key."),
+    "DPOP_KEY": (InvalidGrant, "The refresh token is bound to another DPoP key."),
 }
 
 
@@ -50,16 +65,19 @@ async def handle(ctx: GrantContext) -> TokenResponse:
     out = await ctx.store.rotate(parsed.grant_id, parsed.digest, access.digest, refresh.digest,
                                  ctx.client.client_id, scope, at_ttl, rt_ttl,
                                  ctx.settings.refresh_grace * 1000,
-                                 " ".join(wanted) if wanted is not None else "")
+                                 " ".join(wanted) if wanted is not None else "",
+                                 ctx.jkt or "", ctx.client.is_public)
     if out[0] == "OK":
         if out[1]:
             # Rotation extends the grant's life; the user's grant set must follow it.
             await ctx.store.link_user_grant(out[1], parsed.grant_id, max(at_ttl, rt_ttl))
         token = tokens.finish(access, ctx.client, out[1] or None, out[2], out[5] or None,
-                              int(out[3]), at_ttl)
-        return TokenResponse(token, at_ttl // 1000, out[2], refresh.token)
+                              int(out[3]), at_ttl, ctx.jkt)
+        return TokenResponse(token, at_ttl // 1000, out[2], refresh.token, token_type(ctx.jkt))
     if out[0] == "REUSED":
         metrics.refresh_reuse()
+    elif out[0] in ("DPOP_MISSING", "DPOP_KEY"):
+        metrics.dpop_refused("missing" if out[0] == "DPOP_MISSING" else "key")
     error, description = _REFUSALS.get(out[0], (InvalidGrant, _UNKNOWN))
     raise error(description)
 

@@ -1,9 +1,15 @@
-"""Bearer tokens (RFC 6750) and what a live token says about who holds it, in one module.
+"""Bearer tokens (RFC 6750), DPoP-bound tokens (RFC 9449 §7) and what a live token says about
+who holds it, in one module.
 
-Every HTTP module that reads `Authorization: Bearer ...` or describes a token's principal goes
-through here: the token and user-info endpoints (`POST /login`, `GET /oauth/userinfo`),
-introspection (RFC 7662), finAPI-style revocation, and the admin key's check, so the scheme's
-parsing, the 401's wording and the principal's claims cannot drift apart.
+Every HTTP module that reads `Authorization: Bearer ...` (or `DPoP ...`) or describes a token's
+principal goes through here: the token and user-info endpoints (`POST /login`,
+`GET /oauth/userinfo`), introspection (RFC 7662), finAPI-style revocation, and the admin key's
+check, so the schemes' parsing, the 401's wording and the principal's claims cannot drift apart.
+
+A token bound to a DPoP key (its record's `jkt`) passes only with the DPoP scheme and a proof
+signed by that key, for this request (method and public URL), this token (`ath`), and not
+seen before anywhere in the deployment (its `jti`, once, in Redis). The Bearer way pays for
+this with one attribute check on the record it reads anyway.
 """
 
 from __future__ import annotations
@@ -12,12 +18,32 @@ import hmac
 
 from starlette.requests import Request
 
-from tokensvc import resources
-from tokensvc.errors import InvalidToken
+from tokensvc import dpop, metrics, resources
+from tokensvc.errors import (
+    DPOP_CHALLENGE,
+    DPoPNonceRequired,
+    DPoPProofRefused,
+    DPoPTokenRefused,
+    InvalidToken,
+)
 from tokensvc.models import TokenRecord
+from tokensvc.proofs import HEADER as DPOP_HEADER, accept_once
 from tokensvc.services import Services
+from tokensvc.storage import OnceStorage
 from tokensvc.store import records
 from tokensvc.tokens import ACCESS, CODE, Parsed
+
+INVALID = "The access token is invalid, expired or revoked."
+MISSING = "An access token is required (Authorization: Bearer ... or DPoP ...)."
+# RFC 9449 §7.2: "such a protected resource MUST reject a DPoP-bound access token received as
+# a bearer token".
+BOUND = "The access token is bound to a DPoP key: present it with Authorization: DPoP and a proof."
+# RFC 9449 §7.1: the key of the proof must match "the public key to which the access token is
+# bound"; a bearer token is bound to none, so the DPoP scheme cannot carry it.
+NOT_BOUND = "The access token is not bound to a DPoP key: present it with Authorization: Bearer."
+OTHER_KEY = "The DPoP proof's key is not the one the access token is bound to."
+REPLAYED = "The DPoP proof was already used (its jti is accepted once)."
+ONE_PROOF = "Send exactly one DPoP header with the proof."
 
 
 def bearer_token(request: Request) -> str | None:
@@ -26,6 +52,56 @@ def bearer_token(request: Request) -> str | None:
     if header is None or header[:7].lower() != "bearer ":
         return None
     return header[7:].strip() or None
+
+
+def dpop_token(request: Request) -> str | None:
+    """RFC 9449 §7.1: the token from `Authorization: DPoP ...`, if that is what was sent."""
+    header = request.headers.get("authorization")
+    if header is None or header[:5].lower() != "dpop ":
+        return None
+    return header[5:].strip() or None
+
+
+class DPoPPresentations:
+    """Checks a token presented with the DPoP scheme, for one deployment: its public URL (the
+    issuer's, which proofs name in `htu`), its once-only store and, with TOKENSVC_DPOP_NONCE,
+    its nonces."""
+
+    def __init__(self, once: OnceStorage, issuer_url: str, nonces: dpop.Nonces | None) -> None:
+        self.once = once
+        self.base = issuer_url.rstrip("/")
+        self.nonces = nonces
+
+    async def record(self, request: Request, svc: Services, token: str) -> TokenRecord:
+        """The live access token `token`, bound to the key of the request's proof; the proof is
+        spent. DPoPRefused (401, DPoP challenge) otherwise."""
+        proofs = request.headers.getlist(DPOP_HEADER)
+        if len(proofs) != 1:
+            metrics.dpop_refused("invalid")
+            raise DPoPProofRefused(ONE_PROOF)
+        try:
+            # The URL as the token endpoint reads it: the issuer's, which clients are given.
+            proof = dpop.check(proofs[0], request.method, self.base + request.scope["path"],
+                               access_token=token, nonces=self.nonces)
+        except dpop.NonceRequired as why:
+            assert self.nonces is not None  # noqa: S101 -- raised only when nonces are asked for
+            metrics.dpop_refused("nonce")
+            raise DPoPNonceRequired(str(why), self.nonces.current()) from None
+        except dpop.ProofError as why:
+            metrics.dpop_refused("invalid")
+            raise DPoPProofRefused(str(why)) from None
+        record = await live_record(svc, token, ACCESS)
+        if record is None:
+            raise DPoPTokenRefused(INVALID)
+        if record.jkt is None:
+            raise DPoPTokenRefused(NOT_BOUND)
+        if not hmac.compare_digest(record.jkt, proof.jkt):
+            raise DPoPTokenRefused(OTHER_KEY)
+        # Last, so a request refused above spends nothing; once per deployment (SET NX PX), so a
+        # proof replayed to another instance is refused as on this one.
+        if not await accept_once(self.once, proof):
+            raise DPoPProofRefused(REPLAYED)
+        return record
 
 
 def parse_token(svc: Services, token: str, kind: str | None = None) -> Parsed | None:
@@ -52,16 +128,23 @@ async def live_record(svc: Services, token: str, kind: str | None = None) -> Tok
     return record
 
 
-async def access_token(request: Request, svc: Services) -> TokenRecord:
-    """The live access token the request presents; RFC 6750 §3.1 `invalid_token` otherwise
-    (missing, expired, revoked, unknown, or not an access token)."""
+async def access_token(request: Request, svc: Services, presentations: DPoPPresentations) -> TokenRecord:
+    """The live access token the request presents, with the Bearer or the DPoP scheme; RFC
+    6750 §3.1 `invalid_token` otherwise (missing, expired, revoked, unknown, not an access
+    token, or bound to a key and presented as a bearer token), or RFC 9449 §7.1's refusals."""
     token = bearer_token(request)
+    if token is not None:
+        record = await live_record(svc, token, ACCESS)
+        if record is None:
+            raise InvalidToken(INVALID)
+        if record.jkt is not None:
+            raise InvalidToken(BOUND)
+        return record
+    token = dpop_token(request)
     if token is None:
-        raise InvalidToken("An access token is required (Authorization: Bearer ...).")
-    record = await live_record(svc, token, ACCESS)
-    if record is None:
-        raise InvalidToken("The access token is invalid, expired or revoked.")
-    return record
+        # RFC 9449 §7.2: an endpoint that takes both schemes offers both.
+        raise InvalidToken(MISSING, also=DPOP_CHALLENGE)
+    return await presentations.record(request, svc, token)
 
 
 def claims(record: TokenRecord) -> dict[str, object]:
@@ -85,10 +168,16 @@ def introspection(record: TokenRecord | None, issuer_url: str) -> dict[str, obje
     body: dict[str, object] = {"active": True}
     if record.scope:  # optional; "" would read as one empty scope
         body["scope"] = record.scope
-    body.update({"token_type": "Bearer" if record.kind == ACCESS else "refresh_token",
-                 "iss": issuer_url, **claims(record)})
+    if record.kind != ACCESS:
+        kind = "refresh_token"
+    else:
+        kind = "Bearer" if record.jkt is None else "DPoP"  # RFC 9449 §6.2
+    body.update({"token_type": kind, "iss": issuer_url, **claims(record)})
     if record.audience is not None:
         body["aud"] = resources.claim(record.audience)  # RFC 8707 §2: the requested resources
+    if record.jkt is not None:
+        # RFC 9449 §6.2: the key the token is bound to (a bound refresh token's too).
+        body["cnf"] = {"jkt": record.jkt}
     return body
 
 

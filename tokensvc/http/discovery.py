@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tokensvc import dpop
 from tokensvc.assertions import SECRET_ALGS
 from tokensvc.errors import StoreUnavailable
 from tokensvc.grants import GRANTS
@@ -47,6 +48,8 @@ def metadata(svc: Services) -> dict[str, object]:
         "token_endpoint_auth_signing_alg_values_supported": _ASSERTION_ALGS,
         "revocation_endpoint_auth_signing_alg_values_supported": _ASSERTION_ALGS,
         "introspection_endpoint_auth_signing_alg_values_supported": _ASSERTION_ALGS,
+        # RFC 9449 §5.1: the algorithms a DPoP proof may be signed with.
+        "dpop_signing_alg_values_supported": list(dpop.ALGS),
     }
 
 

@@ -10,6 +10,7 @@ from starlette.responses import Response
 from tokensvc import metrics
 from tokensvc.clientauth import authenticate
 from tokensvc.errors import (
+    InvalidDPoPProof,
     InvalidRequest,
     InvalidToken,
     OAuthError,
@@ -20,9 +21,19 @@ from tokensvc.errors import (
 )
 from tokensvc.grants import GRANTS
 from tokensvc.grants.base import GrantContext
-from tokensvc.http.bearer import bearer_token, introspection, live_record, parse_token
+from tokensvc.http.bearer import (
+    BOUND,
+    INVALID,
+    DPoPPresentations,
+    bearer_token,
+    dpop_token,
+    introspection,
+    live_record,
+    parse_token,
+)
 from tokensvc.http.params import TOKEN_LISTS, read_params
 from tokensvc.http.responses import json_response
+from tokensvc.proofs import HEADER as DPOP, accept_once, check, nonce_header
 from tokensvc.services import Services
 from tokensvc.tokens import ACCESS, CODE, REFRESH
 
@@ -49,8 +60,9 @@ _REVOKE_QUERY_NAMES = frozenset(("token", "token_type_hint"))
 class OAuthEndpoints:
     """Request handlers bound to the service's parts at start-up."""
 
-    def __init__(self, svc: Services) -> None:
+    def __init__(self, svc: Services, presentations: DPoPPresentations) -> None:
         self.svc = svc
+        self.presentations = presentations
         self.limit = svc.settings.max_body_size
         self.timeout = svc.settings.request_timeout
 
@@ -75,18 +87,36 @@ class OAuthEndpoints:
         grant = GRANTS.get(grant_type)
         if grant is None:
             raise UnsupportedGrantType(f"The grant_type '{grant_type[:64]}' is not supported.")
-        auth = await authenticate(request.headers.get("authorization"), params, svc.clients,
+        headers = request.headers
+        # RFC 9449 §5: checked before the client is authenticated, so a request without the
+        # server's nonce is sent back for it at once. A bearer request pays one header lookup.
+        proof = None
+        if headers.get(DPOP) is not None:
+            proof = check(headers.getlist(DPOP), "POST",
+                          svc.settings.issuer_url + request.scope["path"], svc.nonces)
+        auth = await authenticate(headers.get("authorization"), params, svc.clients,
                                   allow_public=grant.allows_public, endpoint=request.scope["path"])
         if grant_type not in auth.client.grant_types:
             raise UnauthorizedClient(f"The client may not use grant_type={grant_type}.")
+        if proof is None:
+            if auth.client.dpop_bound_access_tokens:
+                metrics.dpop_refused("missing")
+                raise InvalidDPoPProof("The client's access tokens are DPoP-bound: send a "
+                                       "DPoP proof (RFC 9449 §5.2).")
+        elif not await accept_once(svc.store, proof):
+            raise InvalidDPoPProof("The DPoP proof was already used.")
         result = await grant.handle(GrantContext(auth.client, params, svc.tokens, svc.store,
-                                                 svc.hasher, svc.settings))
+                                                 svc.hasher, svc.settings,
+                                                 None if proof is None else proof.jkt))
         svc.usage.issued(auth.client.client_id)
         metrics.token_issued(grant_type, auth.client.client_id)
-        return json_response(result.to_dict(), no_store=True)
+        if proof is None:
+            return json_response(result.to_dict(), no_store=True)
+        return json_response(result.to_dict(), headers=nonce_header(svc.nonces), no_store=True)
 
     async def revoke(self, request: Request) -> Response:
-        """RFC 7009, plus finAPI's `Authorization: Bearer <the client's own access token>`."""
+        """RFC 7009, plus finAPI's `Authorization: Bearer <the client's own access token>` (or
+        `DPoP <it>` with a proof, when it is bound: RFC 9449 §7)."""
         svc = self.svc
         if request.scope["query_string"]:
             _revoke_query(request.scope["query_string"])
@@ -102,7 +132,12 @@ class OAuthEndpoints:
         if presented is not None:
             caller = await live_record(svc, presented, ACCESS)
             if caller is None:
-                raise InvalidToken("The access token is invalid, expired or revoked.")
+                raise InvalidToken(INVALID)
+            if caller.jkt is not None:
+                raise InvalidToken(BOUND)
+            client_id, username = caller.client_id, caller.username
+        elif (bound := dpop_token(request)) is not None:
+            caller = await self.presentations.record(request, svc, bound)
             client_id, username = caller.client_id, caller.username
         else:
             auth = await authenticate(request.headers.get("authorization"), params, svc.clients,

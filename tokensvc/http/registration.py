@@ -214,6 +214,9 @@ class RegistrationEndpoints:
         }
         if doc.get("jwks") is not None:
             fields["jwks"] = doc["jwks"]  # RFC 7591 §2; checked by Registry (jwkset.py)
+        # RFC 9449 §5.2: false when omitted; the registry checks it is a boolean.
+        if doc.get("dpop_bound_access_tokens") is not None:
+            fields["dpop_bound_access_tokens"] = doc["dpop_bound_access_tokens"]
         return fields, response_types
 
 
@@ -238,4 +241,6 @@ def _rfc7591_view(client: Client, secret: str | None,
         view["client_uri"] = client.website
     if client.jwks is not None:
         view["jwks"] = client.jwks
+    if client.dpop_bound_access_tokens:  # RFC 9449 §5.2; absent means false
+        view["dpop_bound_access_tokens"] = True
     return view

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -45,9 +45,8 @@ class BearerMiddleware:
         if scope["type"] not in ("http", "websocket") or scope["path"] in self.public:
             await self.app(scope, receive, send)
             return
-        values = [value.decode("latin-1") for name, value in scope["headers"] if name == b"authorization"]
         try:
-            principal = await self.server.check(values, self.scopes)
+            principal = await self.server.check_connection(HTTPConnection(scope), self.scopes)
         except BearerError as exc:
             if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
                 # A server without the ASGI denial-response extension can only refuse the

@@ -12,6 +12,10 @@ import re
 
 from starlette.exceptions import HTTPException
 
+from tokensvc.dpop import ALGS
+
+# RFC 9449 §7.1 `algs`: what a proof may be signed with (tokensvc.dpop.ALGS).
+DPOP_ALGS = " ".join(ALGS)
 # Seconds a client is told to wait when the issuer cannot be reached.
 RETRY_AFTER = 5
 # RFC 6750 §3: realm, error_description and scope are quoted-strings restricted to
@@ -33,8 +37,9 @@ def quotable(text: str, limit: int = 200) -> str:
 
 
 def challenge(realm: str, error: str | None = None, description: str | None = None,
-              scope: str | None = None) -> str:
-    """The WWW-Authenticate value: RFC 6750 §3 (`Bearer realm="api", error="invalid_token", ...`)."""
+              scope: str | None = None, scheme: str = "Bearer") -> str:
+    """The WWW-Authenticate value: RFC 6750 §3 (`Bearer realm="api", error="invalid_token", ...`),
+    or RFC 9449 §7.1's for the DPoP scheme (the same parameters, and `algs`)."""
     params = [f'realm="{realm}"']
     if error is not None:
         params.append(f'error="{error}"')
@@ -42,7 +47,9 @@ def challenge(realm: str, error: str | None = None, description: str | None = No
         params.append(f'error_description="{quotable(description)}"')
     if scope is not None:
         params.append(f'scope="{scope}"')
-    return "Bearer " + ", ".join(params)
+    if scheme == "DPoP":
+        params.append(f'algs="{DPOP_ALGS}"')
+    return f"{scheme} " + ", ".join(params)
 
 
 class BearerError(HTTPException):
@@ -68,18 +75,23 @@ class BearerError(HTTPException):
         return doc
 
 
-def unauthorized(realm: str, error: str | None, description: str) -> BearerError:
-    """401 (400 for `invalid_request`, RFC 6750 §3.1) with the challenge."""
+def unauthorized(realm: str, error: str | None, description: str, scheme: str = "Bearer") -> BearerError:
+    """401 (400 for `invalid_request`, RFC 6750 §3.1) with the challenge of the scheme the
+    request used. Without any credentials (no error), both schemes are offered (RFC 9449 §7.2)."""
     status = 400 if error == "invalid_request" else 401
-    return BearerError(status, error, description,
-                       {"WWW-Authenticate": challenge(realm, error, None if error is None else description)})
+    if error is None:
+        offered = f"{challenge(realm)}, {challenge(realm, scheme='DPoP')}"
+    else:
+        offered = challenge(realm, error, description, scheme=scheme)
+    return BearerError(status, error, description, {"WWW-Authenticate": offered})
 
 
-def insufficient_scope(realm: str, required: str) -> BearerError:
+def insufficient_scope(realm: str, required: str, scheme: str = "Bearer") -> BearerError:
     """403 `insufficient_scope` naming the scope the request needs (RFC 6750 §3.1)."""
     description = f"This request needs the scope {required}."
     return BearerError(403, "insufficient_scope", description,
-                       {"WWW-Authenticate": challenge(realm, "insufficient_scope", description, required)})
+                       {"WWW-Authenticate": challenge(realm, "insufficient_scope", description, required,
+                                                      scheme)})
 
 
 def unavailable() -> BearerError:

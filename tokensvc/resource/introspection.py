@@ -23,6 +23,7 @@ from typing import Any
 from tokensvc.lru import LRU
 from tokensvc.resource.errors import Rejected
 from tokensvc.resource.fetch import Fetcher, basic_auth
+from tokensvc.resource.jwks import bound_to
 from tokensvc.resource.principal import Principal
 
 INACTIVE = "The access token is invalid, expired or revoked."
@@ -99,11 +100,14 @@ class Introspector:
         if doc.get("active") is not True:
             raise Rejected(INACTIVE)
         token_type = doc.get("token_type")
-        if token_type is not None and str(token_type).lower() != "bearer":
+        kind = None if token_type is None else str(token_type).lower()
+        if kind not in (None, "bearer", "dpop"):
             # A refresh token is active too (RFC 7662 §2.2); it never opens an API.
-            raise Rejected("The token is not a bearer access token.")
-        if "cnf" in doc:
-            raise Rejected("The access token is bound to a key (cnf); it is not a bearer token.")
+            raise Rejected("The token is not an access token.")
+        jkt = bound_to(doc)
+        if kind is not None and (kind == "dpop") != (jkt is not None):
+            # RFC 9449 §6.2: a DPoP-bound token is `token_type: DPoP` with its `cnf.jkt`.
+            raise Rejected("The introspection answer's token_type and cnf disagree.")
         if doc.get("iss", self.issuer) != self.issuer:
             raise Rejected("The access token is from another issuer (iss).")
         aud = _audience(doc.get("aud"), self.issuer)
@@ -121,7 +125,7 @@ class Introspector:
         return Principal(sub=sub if isinstance(sub, str) else client_id, client_id=client_id,
                          scopes=frozenset(scope.split()), aud=aud, exp=exp,
                          username=username if isinstance(username, str) else None,
-                         claims=MappingProxyType(dict(doc)), checked_by="introspection")
+                         claims=MappingProxyType(dict(doc)), checked_by="introspection", jkt=jkt)
 
 
 def _audience(value: object, issuer: str) -> tuple[str, ...]:

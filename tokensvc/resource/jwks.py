@@ -188,16 +188,25 @@ def principal(claims: dict[str, Any]) -> Principal:
     sub, client_id, scope = claims.get("sub"), claims.get("client_id"), claims.get("scope", "")
     if not isinstance(sub, str) or not isinstance(client_id, str) or not isinstance(scope, str):
         raise Rejected("The access token's sub, client_id or scope is not a string.")
-    if "cnf" in claims:
-        # RFC 9449 §7.1: a sender-constrained token must come with proof of its key; this kit
-        # takes bearer tokens only, so such a token presented as one is refused.
-        raise Rejected("The access token is bound to a key (cnf); it is not a bearer token.")
     aud = claims["aud"]
     # RFC 9068 §2.2: `sub` is the client id when the client acts for itself, else the user.
     return Principal(sub=sub, client_id=client_id, scopes=frozenset(scope.split()),
                      aud=(aud,) if isinstance(aud, str) else tuple(aud), exp=exp,
                      username=sub if sub != client_id else None, claims=MappingProxyType(claims),
-                     checked_by="jwt")
+                     checked_by="jwt", jkt=bound_to(claims))
+
+
+def bound_to(claims: Mapping[str, Any]) -> str | None:
+    """RFC 9449 §6: the thumbprint of the DPoP key a token is bound to (`cnf.jkt`); None for a
+    bearer token. A confirmation this kit cannot check (mTLS `x5t#S256`, a malformed one) is
+    refused, never read as no binding."""
+    if "cnf" not in claims:
+        return None
+    cnf = claims["cnf"]
+    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+    if not isinstance(jkt, str) or not jkt or len(cnf) != 1:
+        raise Rejected("The access token is bound to a key in a way this API cannot check (cnf).")
+    return jkt
 
 
 def check_algorithms(algorithms: Collection[str]) -> frozenset[str]:

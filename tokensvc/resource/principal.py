@@ -15,6 +15,8 @@ class Principal:
     (client_credentials); `username` is set only for a user. `aud` is the token's audience
     (RFC 8707 resources; the issuer for a token asked for none). `claims` is what the issuer
     said, read-only: the JWT's claims or the introspection answer. `checked_by` tells which.
+    `jkt` is the thumbprint of the DPoP key the token is bound to (RFC 9449 `cnf.jkt`), whose
+    proof came with the request; None for a bearer token.
     """
 
     sub: str
@@ -25,6 +27,7 @@ class Principal:
     username: str | None
     claims: Mapping[str, Any]
     checked_by: Literal["jwt", "introspection"]
+    jkt: str | None = None
 
     def has(self, *scopes: str) -> bool:
         """Whether the token carries every one of `scopes`."""

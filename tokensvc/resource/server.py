@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import math
 import re
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from starlette.requests import HTTPConnection, Request
 from starlette.types import Scope
 
+from tokensvc.dpop import ProofError
+from tokensvc.resource.binding import MemoryReplayCache, ProofVerifier, ReplayCache
 from tokensvc.resource.errors import (
     IssuerUnavailable,
     Rejected,
@@ -39,7 +42,15 @@ MAX_TOKEN = 16 * 1024
 # Where a request's checked principal is kept in the ASGI scope, with the server that checked
 # it: a principal checked for one API (one audience) never passes for another.
 _SCOPE_KEY = "tokensvc.resource"
-_NO_BEARER = "A bearer access token is required."
+_NO_CREDENTIALS = "An access token is required."
+# RFC 9449 §7.2: "such a protected resource MUST reject a DPoP-bound access token received as
+# a bearer token".
+_BOUND = "The access token is bound to a DPoP key (cnf): present it with Authorization: DPoP and a proof."
+# RFC 9449 §7.1: the proof's key must match "the public key to which the access token is
+# bound"; a bearer token is bound to none.
+_NOT_BOUND = "The access token is not bound to a DPoP key: present it with Authorization: Bearer."
+_OTHER_KEY = "The DPoP proof's key is not the one the access token is bound to."
+_SCHEMES = {"bearer": "Bearer", "dpop": "DPoP"}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,7 +65,8 @@ def _dependency(method: F) -> F:
 
 
 class ResourceServer:
-    """Checks bearer access tokens for one API (`audience`) against one issuer.
+    """Checks access tokens for one API (`audience`) against one issuer: bearer tokens (RFC
+    6750), and DPoP-bound ones (RFC 9449 §7) with their proofs.
 
     JWT access tokens are verified locally against the issuer's JWKS; opaque tokens are
     introspected when `client_id` and `client_secret` are given (a client with
@@ -64,6 +76,11 @@ class ResourceServer:
     `server.requires("scope")` makes one that also demands scopes. `async with server:` (in
     the app's lifespan) fetches the metadata and keys at start and closes the connections at
     the end; without it they are fetched on the first request.
+
+    A DPoP proof must name the URL the client used: `public_url` (scheme, host and any path
+    prefix a proxy takes off, e.g. `https://api.example`) when the API sits behind one, else
+    the request's own URL. Each proof is accepted once, as `replay` remembers (binding.py: in
+    this process by default).
     """
 
     def __init__(self, issuer: str, audience: str, *, realm: str | None = None,
@@ -72,7 +89,8 @@ class ResourceServer:
                  algorithms: Collection[str] = SUPPORTED_ALGORITHMS, leeway: float = 10.0,
                  jwks_min_interval: float = 30.0, jwks_max_age: float = 300.0,
                  cache_ttl: float = 10.0, negative_cache_ttl: float = 2.0, cache_size: int = 10_000,
-                 timeout: float = 5.0, http: httpx.AsyncClient | None = None) -> None:
+                 timeout: float = 5.0, http: httpx.AsyncClient | None = None,
+                 public_url: str | None = None, replay: ReplayCache | None = None) -> None:
         if not issuer or not audience:
             raise ValueError("a resource server needs its issuer and its audience")
         if (client_id is None) != (client_secret is None):
@@ -101,6 +119,7 @@ class ResourceServer:
         self._configured = False
         self._metadata_attempted = -math.inf
         self._lock = asyncio.Lock()
+        self.proofs = ProofVerifier(public_url, MemoryReplayCache() if replay is None else replay)
 
     async def _configure(self) -> None:
         """Find the endpoints (RFC 8414 metadata, when one that is needed was not given)."""
@@ -150,9 +169,22 @@ class ResourceServer:
                         tb: TracebackType | None) -> None:
         await self.aclose()
 
-    async def authenticate(self, token: str) -> Principal:
+    async def authenticate(self, token: str, *, jkt: str | None = None) -> Principal:
         """The principal of `token`; Rejected when it is no good here, IssuerUnavailable when
-        that cannot be told now."""
+        that cannot be told now. `jkt` is the thumbprint of the key whose checked proof came
+        with it (the DPoP scheme): the token must be bound to that key; without it (a bearer
+        token), the token must be bound to none."""
+        found = await self._principal(token)
+        if found.jkt is None:
+            if jkt is not None:
+                raise Rejected(_NOT_BOUND)
+        elif jkt is None:
+            raise Rejected(_BOUND)
+        elif not hmac.compare_digest(found.jkt, jkt):
+            raise Rejected(_OTHER_KEY)
+        return found
+
+    async def _principal(self, token: str) -> Principal:
         if not self._configured:
             await self._configure()
         if len(token) > MAX_TOKEN:
@@ -163,34 +195,59 @@ class ResourceServer:
             return await self.introspector.principal(token)
         raise Rejected("This API cannot check this kind of access token.")
 
-    async def check(self, authorization: Iterable[str], scopes: frozenset[str] = frozenset()) -> Principal:
-        """The principal of a request's Authorization header values (RFC 6750 §2.1), holding
-        `scopes`; else the BearerError to answer with."""
+    async def check(self, authorization: Iterable[str], scopes: frozenset[str] = frozenset(), *,
+                    dpop: Iterable[str] = (), method: str = "GET", url: str = "") -> Principal:
+        """The principal of a request's Authorization header values (RFC 6750 §2.1, RFC 9449
+        §7.1), holding `scopes`; else the BearerError to answer with. For the DPoP scheme,
+        `dpop` is the request's DPoP header values and `method` and `url` what its proof must
+        name."""
         values = list(authorization)
         if len(values) > 1:
             raise unauthorized(self.realm, "invalid_request", "Send one Authorization header.")
-        scheme, _, rest = values[0].partition(" ") if values else ("", "", "")
-        if scheme.lower() != "bearer":
-            # RFC 6750 §3.1: a request without any bearer credentials gets no error code.
-            raise unauthorized(self.realm, None, _NO_BEARER)
+        given, _, rest = values[0].partition(" ") if values else ("", "", "")
+        scheme = _SCHEMES.get(given.lower())
+        if scheme is None:
+            # RFC 6750 §3.1: a request without any credentials gets no error code.
+            raise unauthorized(self.realm, None, _NO_CREDENTIALS)
         token = rest.strip(" ")
         if _B64TOKEN.fullmatch(token) is None:
             raise unauthorized(self.realm, "invalid_request",
-                               "The Authorization header is not 'Bearer <token>'.")
+                               f"The Authorization header is not '{scheme} <token>'.", scheme)
+        proof = None
+        if scheme == "DPoP":
+            try:
+                proof = self.proofs.check(list(dpop), method, url, token)
+            except ProofError as why:
+                raise unauthorized(self.realm, "invalid_dpop_proof", str(why), scheme) from None
         try:
-            principal = await self.authenticate(token)
+            principal = await self.authenticate(token, jkt=None if proof is None else proof.jkt)
         except Rejected as why:
-            raise unauthorized(self.realm, "invalid_token", str(why)) from None
+            raise unauthorized(self.realm, "invalid_token", str(why), scheme) from None
         except IssuerUnavailable as why:
             log.debug("tokensvc.resource: cannot check a token: %s", why)
             raise unavailable() from None
+        if proof is not None:
+            try:
+                # Last: a request refused above does not spend its proof.
+                await self.proofs.spend(proof)
+            except ProofError as why:
+                raise unauthorized(self.realm, "invalid_dpop_proof", str(why), scheme) from None
         self.demand(principal, scopes)
         return principal
+
+    async def check_connection(self, conn: HTTPConnection, scopes: frozenset[str] = frozenset()) -> Principal:
+        """`check` of a request (or WebSocket handshake) as it arrived."""
+        headers = conn.headers
+        url = conn.url
+        method = conn.scope.get("method", "GET")  # a WebSocket handshake is a GET
+        return await self.check(headers.getlist("authorization"), scopes, dpop=headers.getlist("dpop"),
+                                method=method, url=self.proofs.url(str(url), url.path))
 
     def demand(self, principal: Principal, scopes: frozenset[str]) -> None:
         """403 insufficient_scope unless the principal holds every one of `scopes`."""
         if not principal.scopes.issuperset(scopes):
-            raise insufficient_scope(self.realm, " ".join(sorted(scopes)))
+            raise insufficient_scope(self.realm, " ".join(sorted(scopes)),
+                                     "Bearer" if principal.jkt is None else "DPoP")
 
     async def principal_of(self, conn: HTTPConnection, scopes: frozenset[str] = frozenset()) -> Principal:
         """The request's principal: the one this server already checked for it (its
@@ -198,7 +255,7 @@ class ResourceServer:
         (`request.state.principal`)."""
         found = recall(conn.scope, self)
         if found is None:
-            found = await self.check(conn.headers.getlist("authorization"))
+            found = await self.check_connection(conn)
             remember(conn.scope, self, found)
         self.demand(found, scopes)
         return found

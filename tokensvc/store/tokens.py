@@ -51,14 +51,15 @@ class TokenStore(Invalidation):
     async def redeem(self, grant_id: str, code: str, new_access: str, new_refresh: str,
                      client_id: str, redirect_uri: str, verifier: str, verifier_s256: str,
                      access_ttl_ms: int, refresh_ttl_ms: int, with_refresh: bool,
-                     resources: str = "") -> list[str]:
-        """redeem.lua; the answer's first item names the outcome."""
+                     resources: str = "", jkt: str = "", bind_refresh: bool = False) -> list[str]:
+        """redeem.lua; the answer's first item names the outcome. `jkt` binds the access
+        token (and, with `bind_refresh`, the refresh token) to a DPoP key."""
         out = await self._write(
             "redeem",
             [keys.token(grant_id, code), keys.grant_index(grant_id),
              keys.token(grant_id, new_access), keys.token(grant_id, new_refresh)],
             [client_id, redirect_uri, verifier, verifier_s256, access_ttl_ms, refresh_ttl_ms,
-             "1" if with_refresh else "0", resources],
+             "1" if with_refresh else "0", resources, jkt, "1" if bind_refresh else "0"],
             hot=False,
         )
         return [text(x) for x in out]
@@ -66,13 +67,16 @@ class TokenStore(Invalidation):
     @map_redis_errors
     async def rotate(self, grant_id: str, presented: str, new_access: str, new_refresh: str,
                      client_id: str, scope: str, access_ttl_ms: int, refresh_ttl_ms: int,
-                     grace_ms: int, resources: str = "") -> list[str]:
-        """rotate.lua; the answer's first item names the outcome."""
+                     grace_ms: int, resources: str = "", jkt: str = "",
+                     bind_refresh: bool = False) -> list[str]:
+        """rotate.lua; the answer's first item names the outcome. `jkt` (the request's DPoP
+        key) binds the new access token, and the new refresh token with `bind_refresh`."""
         out = await self._write(
             "rotate",
             [keys.token(grant_id, presented), keys.grant_index(grant_id), keys.reuse(grant_id),
              keys.token(grant_id, new_access), keys.token(grant_id, new_refresh)],
-            [client_id, scope, access_ttl_ms, refresh_ttl_ms, grace_ms, resources])
+            [client_id, scope, access_ttl_ms, refresh_ttl_ms, grace_ms, resources, jkt,
+             "1" if bind_refresh else "0"])
         result = [text(x) for x in out]
         deleted = result[4] if result[0] == "OK" else result[1] if result[0] == "REUSED" else "0"
         if deleted == "1":

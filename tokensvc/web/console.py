@@ -105,6 +105,8 @@ class Console(ConsoleAuth):
         }
         if form.get("website"):
             doc["website"] = form["website"]
+        if form.get("dpop_bound_access_tokens") == "yes":
+            doc["dpop_bound_access_tokens"] = True
         try:
             if form.get("jwks", "").strip():
                 doc["jwks"] = _jwks(form["jwks"])
@@ -314,6 +316,7 @@ def _configuration(form: dict[str, str]) -> dict[str, Any]:
     token_format = form.get("access_token_format", "default")
     doc["access_token_format"] = token_format if token_format in ("opaque", "jwt") else None
     doc["require_verified_users"] = form.get("require_verified_users") == "yes"
+    doc["dpop_bound_access_tokens"] = form.get("dpop_bound_access_tokens") == "yes"
     # The least a form that lost the field can mean: the client's own tokens.
     doc["introspection"] = form.get("introspection", "own")
     return doc

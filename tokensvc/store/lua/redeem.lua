@@ -8,6 +8,8 @@
 -- ARGV[4]=base64url(SHA-256(code_verifier))  ARGV[5]=access TTL ms  ARGV[6]=refresh TTL ms
 -- ARGV[7]='1' to issue a refresh token too
 -- ARGV[8]=requested resources, sorted and space-separated ('' = as authorized)
+-- ARGV[9]=thumbprint of the request's DPoP key ('' = no proof): binds the access token
+-- ARGV[10]='1' to bind the refresh token to it too (a public client, RFC 9449 §5)
 -- KEYS[3] is the new access token's key whatever its format: an opaque token's digest, or a
 -- JWT's jti digest (the JWT is signed after this script, from what it returns).
 -- Returns {'OK', username, scope, now ms, access audience or ''} or
@@ -67,15 +69,19 @@ rec.used = now
 redis.call('SET', KEYS[1], cjson.encode(rec), 'KEEPTTL')
 local at_ttl = tonumber(ARGV[5])
 local rt_ttl = tonumber(ARGV[6])
+local jkt = nil
+if ARGV[9] ~= '' then jkt = ARGV[9] end
 local access = {k = 'at', c = rec.c, u = rec.u, s = rec.s, g = rec.g, iat = now, exp = now + at_ttl,
-                aud = aud}
+                aud = aud, jkt = jkt}
 redis.call('SET', KEYS[3], cjson.encode(access), 'PX', at_ttl)
 redis.call('SADD', KEYS[2], KEYS[3])
 local keep = at_ttl
 if ARGV[7] == '1' then
   -- The refresh token keeps the whole grant's audience, for later narrower refreshes.
+  local rt_jkt = nil
+  if ARGV[10] == '1' then rt_jkt = jkt end
   local refresh = {k = 'rt', c = rec.c, u = rec.u, s = rec.s, gs = rec.s, g = rec.g,
-                   iat = now, exp = now + rt_ttl, aud = rec.aud}
+                   iat = now, exp = now + rt_ttl, aud = rec.aud, jkt = rt_jkt}
   redis.call('SET', KEYS[4], cjson.encode(refresh), 'PX', rt_ttl)
   redis.call('SADD', KEYS[2], KEYS[4])
   keep = math.max(at_ttl, rt_ttl)

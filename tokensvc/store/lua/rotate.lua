@@ -5,16 +5,25 @@
 -- ARGV[1]=client id  ARGV[2]=requested scope ('' = as originally granted)
 -- ARGV[3]=access TTL ms  ARGV[4]=refresh TTL ms  ARGV[5]=grace ms
 -- ARGV[6]=requested resources, sorted and space-separated ('' = the grant's audience)
+-- ARGV[7]=thumbprint of the request's DPoP key ('' = no proof): binds the new access token
+-- ARGV[8]='1' to bind the new refresh token to it too (a public client, RFC 9449 §5)
 -- KEYS[4] is the new access token's key whatever its format: an opaque token's digest, or a
 -- JWT's jti digest (the JWT is signed after this script, from what it returns).
 -- Returns {'OK', username or '', access scope, now ms, reuse record deleted (0/1), access
--- audience or ''}, {'REUSED', reuse record deleted (0/1)} or {'UNKNOWN'|'CLIENT'|'SCOPE'|'TARGET'}.
+-- audience or ''}, {'REUSED', reuse record deleted (0/1)} or
+-- {'UNKNOWN'|'CLIENT'|'DPOP_MISSING'|'DPOP_KEY'|'SCOPE'|'TARGET'}.
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {'UNKNOWN'} end
 local rec = cjson.decode(raw)
 if rec.k ~= 'rt' then return {'UNKNOWN'} end
 -- RFC 6749 §6: the refresh token is bound to the client it was issued to.
 if rec.c ~= ARGV[1] then return {'CLIENT'} end
+-- RFC 9449 §5: a bound refresh token is used only with a proof of its key. Checked before the
+-- reuse branch: whoever holds a bound token without its key can neither use nor end the grant.
+if rec.jkt and rec.jkt ~= ARGV[7] then
+  if ARGV[7] == '' then return {'DPOP_MISSING'} end
+  return {'DPOP_KEY'}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if rec.rot and now - rec.rot >= tonumber(ARGV[5]) then
@@ -54,10 +63,14 @@ end
 local at_ttl = tonumber(ARGV[3])
 local rt_ttl = tonumber(ARGV[4])
 local user = rec.u
+local jkt = nil
+if ARGV[7] ~= '' then jkt = ARGV[7] end
+local rt_jkt = rec.jkt
+if not rt_jkt and ARGV[8] == '1' then rt_jkt = jkt end
 local access = {k = 'at', c = rec.c, u = user, s = scope, g = rec.g, iat = now, exp = now + at_ttl,
-                aud = aud}
+                aud = aud, jkt = jkt}
 local refresh = {k = 'rt', c = rec.c, u = user, s = granted, gs = granted, g = rec.g,
-                 iat = now, exp = now + rt_ttl, aud = rec.aud}
+                 iat = now, exp = now + rt_ttl, aud = rec.aud, jkt = rt_jkt}
 if not rec.rot then
   rec.rot = now
   redis.call('SET', KEYS[1], cjson.encode(rec), 'KEEPTTL')
