@@ -8,11 +8,9 @@ does); opaque bound tokens from the in-process tokensvc's own token endpoint, in
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import httpx
-import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -22,7 +20,10 @@ from starlette.routing import Route
 from tests.support.api import auth, new_client, new_user
 from tests.support.config import ISSUER
 from tests.support.dpop import DPoPKey
-from tests.test_resource_kit import AUDIENCE, BOUND, Counting, Issuer
+
+# issuer and kits: the kit's test issuer and resource servers, shared with its other tests
+# (pytest fixtures, used by name).
+from tests.test_resource_kit import AUDIENCE, BOUND, Counting, Issuer, issuer, kits  # noqa: F401
 from tokensvc.resource import (
     BearerError,
     BearerMiddleware,
@@ -44,29 +45,6 @@ BEARER_BOUND = f'Bearer realm="orders", error="invalid_token", error_description
 def dpop_challenge(error: str, description: str, scope: str | None = None) -> str:
     scoped = "" if scope is None else f', scope="{scope}"'
     return f'DPoP realm="orders", error="{error}", error_description="{description}"{scoped}, {ALGS}'
-
-
-@pytest.fixture
-def issuer() -> Iterator[Issuer]:
-    server = Issuer()
-    server.new_key()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def kits(issuer: Issuer) -> AsyncIterator[Kits]:
-    made: list[ResourceServer] = []
-
-    def make(**options: Any) -> ResourceServer:
-        rs = ResourceServer(**{"issuer": issuer.url, "audience": AUDIENCE, "realm": "orders", **options})
-        made.append(rs)
-        return rs
-
-    yield make
-    for rs in made:
-        await rs.aclose()
 
 
 def api(rs: ResourceServer) -> Starlette:

@@ -128,10 +128,12 @@ async def live_record(svc: Services, token: str, kind: str | None = None) -> Tok
     return record
 
 
-async def access_token(request: Request, svc: Services, presentations: DPoPPresentations) -> TokenRecord:
-    """The live access token the request presents, with the Bearer or the DPoP scheme; RFC
-    6750 §3.1 `invalid_token` otherwise (missing, expired, revoked, unknown, not an access
-    token, or bound to a key and presented as a bearer token), or RFC 9449 §7.1's refusals."""
+async def presented_record(request: Request, svc: Services,
+                           presentations: DPoPPresentations) -> TokenRecord | None:
+    """The live access token the request presents with the Bearer or the DPoP scheme; None when
+    it presents none. RFC 6750 §3.1 `invalid_token` for a token that is expired, revoked,
+    unknown, not an access token, or bound to a key and presented as a bearer token; RFC 9449
+    §7.1's refusals for a DPoP presentation that does not hold."""
     token = bearer_token(request)
     if token is not None:
         record = await live_record(svc, token, ACCESS)
@@ -142,9 +144,18 @@ async def access_token(request: Request, svc: Services, presentations: DPoPPrese
         return record
     token = dpop_token(request)
     if token is None:
+        return None
+    return await presentations.record(request, svc, token)
+
+
+async def access_token(request: Request, svc: Services, presentations: DPoPPresentations) -> TokenRecord:
+    """The live access token the request presents (`presented_record`); a missing one is
+    `invalid_token` too."""
+    record = await presented_record(request, svc, presentations)
+    if record is None:
         # RFC 9449 §7.2: an endpoint that takes both schemes offers both.
         raise InvalidToken(MISSING, also=DPOP_CHALLENGE)
-    return await presentations.record(request, svc, token)
+    return record
 
 
 def claims(record: TokenRecord) -> dict[str, object]:

@@ -12,7 +12,6 @@ from tokensvc.clientauth import authenticate
 from tokensvc.errors import (
     InvalidDPoPProof,
     InvalidRequest,
-    InvalidToken,
     OAuthError,
     StoreUnavailable,
     UnauthorizedClient,
@@ -22,20 +21,17 @@ from tokensvc.errors import (
 from tokensvc.grants import GRANTS
 from tokensvc.grants.base import GrantContext
 from tokensvc.http.bearer import (
-    BOUND,
-    INVALID,
     DPoPPresentations,
-    bearer_token,
-    dpop_token,
     introspection,
     live_record,
     parse_token,
+    presented_record,
 )
 from tokensvc.http.params import TOKEN_LISTS, read_params
 from tokensvc.http.responses import json_response
 from tokensvc.proofs import HEADER as DPOP, accept_once, check, nonce_header
 from tokensvc.services import Services
-from tokensvc.tokens import ACCESS, CODE, REFRESH
+from tokensvc.tokens import CODE, REFRESH
 
 _HINTS = (None, "access_token", "refresh_token")
 
@@ -127,17 +123,9 @@ class OAuthEndpoints:
                 if name in params or len(request.query_params.getlist(name)) > 1:
                     raise InvalidRequest(f"The parameter '{name}' was sent more than once.")
                 params[name] = value
-        presented = bearer_token(request)
         username: str | None = None
-        if presented is not None:
-            caller = await live_record(svc, presented, ACCESS)
-            if caller is None:
-                raise InvalidToken(INVALID)
-            if caller.jkt is not None:
-                raise InvalidToken(BOUND)
-            client_id, username = caller.client_id, caller.username
-        elif (bound := dpop_token(request)) is not None:
-            caller = await self.presentations.record(request, svc, bound)
+        caller = await presented_record(request, svc, self.presentations)
+        if caller is not None:
             client_id, username = caller.client_id, caller.username
         else:
             auth = await authenticate(request.headers.get("authorization"), params, svc.clients,

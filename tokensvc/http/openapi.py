@@ -91,7 +91,8 @@ def _path_param(name: str) -> Schema:
 CLIENT_AUTH: list[dict[str, list[str]]] = [{"clientBasic": []}, {}]  # {}: secret or id in the body
 ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
-
+# RFC 9449 §7: a DPoP-bound access token is presented with the DPoP scheme and a proof.
+TOKEN_HOLDER: list[dict[str, list[str]]] = [*BEARER, {"dpop": []}]
 
 
 _NONCE = {"DPoP-Nonce": {"schema": {"type": "string"},
@@ -101,6 +102,20 @@ _NONCE = {"DPoP-Nonce": {"schema": {"type": "string"},
 _DPOP_HEADER = {"name": "DPoP", "in": "header", "required": False, "schema": {"type": "string"},
                 "description": "A DPoP proof JWT (RFC 9449 §4) for POST and this URL: the tokens "
                                "are bound to its key (token_type DPoP)."}
+
+
+# RFC 9449 §7: the proof that goes with `Authorization: DPoP <token>`.
+_DPOP_PRESENTED = {**_DPOP_HEADER, "description": "With `Authorization: DPoP`: a proof for this "
+                   "method and URL, with `ath` (the token's hash), signed by the token's key."}
+
+
+def _token_holder(summary: str, method: str) -> Schema:
+    """An endpoint that answers for the access token presented (Bearer, or DPoP with a proof)."""
+    refused = {**_error("invalid_token, invalid_dpop_proof or use_dpop_nonce (RFC 6750 §3, "
+                        "RFC 9449 §7.1)."), "headers": _NONCE}
+    return {method: _op(summary, {"200": _json(_ref("Principal"), "The principal."),
+                                  "401": refused, **COMMON},
+                        security=TOKEN_HOLDER, parameters=[_DPOP_PRESENTED])}
 
 
 def _token_endpoint(summary: str) -> Schema:
@@ -168,18 +183,14 @@ def document(issuer: str) -> dict[str, Any]:
         "/oauth/v2/token": _token_endpoint("Token endpoint, finAPI's path."),
         "/oauth/revoke": {"post": _op(
             "Revocation (RFC 7009; or finAPI's Bearer style).", {**revoke_ok, **OAUTH_ERRORS},
-            body=_body(_ref("TokenParam"), FORM, JSON), security=[*CLIENT_AUTH, *BEARER])},
+            body=_body(_ref("TokenParam"), FORM, JSON), security=[*CLIENT_AUTH, *TOKEN_HOLDER],
+            parameters=[_DPOP_PRESENTED])},
         "/oauth/introspect": {"post": _op(
             "Introspection (RFC 7662).", {"200": _json(_ref("Introspection"), "The token's state."),
                                           **OAUTH_ERRORS},
             body=_body(_ref("TokenParam"), FORM, JSON), security=[{"clientBasic": []}, {}])},
-        "/login": {"post": _op("Token login: who holds this access token.",
-                               {"200": _json(_ref("Principal"), "The principal."),
-                                "401": _error("invalid_token."), **COMMON}, security=BEARER)},
-        "/oauth/userinfo": {"get": _op("The principal of a Bearer access token.",
-                                       {"200": _json(_ref("Principal"), "The principal."),
-                                        "401": _error("invalid_token."), **COMMON},
-                                       security=BEARER)},
+        "/login": _token_holder("Token login: who holds this access token.", "post"),
+        "/oauth/userinfo": _token_holder("The principal of an access token.", "get"),
         "/oauth/authorize": _page("Authorization endpoint (RFC 6749 §4.1, PKCE).", post=True,
                                   json_errors=True),
         "/authorize": _page("Authorization endpoint (alias).", post=True, json_errors=True),
@@ -292,6 +303,9 @@ def document(issuer: str) -> dict[str, Any]:
                                 "description": "client_secret_basic (RFC 6749 §2.3.1)."},
                 "bearer": {"type": "http", "scheme": "bearer",
                            "description": "An access token, or the admin key for /admin."},
+                "dpop": {"type": "http", "scheme": "DPoP",
+                         "description": "A DPoP-bound access token (RFC 9449 §7.1), with its "
+                                        "proof in the DPoP header."},
             },
         },
     }
