@@ -69,5 +69,9 @@ class SessionStore(Connection):
 
     @map_redis_errors
     async def first_use(self, nonce_digest: str, ttl_ms: int) -> bool:
-        """True the first time a form nonce is seen (SET NX), False on a resubmission."""
-        return bool(await self.redis.set(keys.once(nonce_digest), b"1", nx=True, px=ttl_ms))
+        """True the first time a digest is seen (SET NX), False after. Through the fast client
+        where there is one: DPoP proofs and client assertions ask this on the token endpoint."""
+        key = keys.once(nonce_digest)
+        if self.fast is not None:
+            return await self.fast.execute("SET", key, b"1", "NX", "PX", ttl_ms) is not None
+        return bool(await self.redis.set(key, b"1", nx=True, px=ttl_ms))
