@@ -177,6 +177,44 @@ async def test_admin_listing_reads_clients_across_slots(cluster_app_factory: App
         assert sorted(table_ids(page.text)) == sorted(c["client_id"] for c in made)
 
 
+async def test_dpop_proofs_are_claimed_once_across_instances_and_bound_rotation_holds(
+        cluster_app_factory: AppFactory) -> None:
+    """On a cluster the once-only claim goes through the cluster client (no pipelined one): a
+    proof accepted by one instance is refused by another, and rotate.lua binds a public
+    client's rotated refresh token to the key in the grant's own slot."""
+    key = DPoPKey()
+    async with cluster_app_factory() as one, cluster_app_factory() as other:
+        client = await new_client(one)
+        app = await new_client(one, name="app", token_endpoint_auth_method="none",
+                               grant_types=["password", "refresh_token"])
+        rs = await new_client(one, name="rs", introspection="all")
+        await new_user(one)
+        proof = key.proof("POST", f"{ISSUER}/oauth/token")
+        cc = {"grant_type": "client_credentials"}
+        bound = issued(await one.post("/oauth/token", data=cc, auth=auth(client),
+                                      headers={"DPoP": proof}))
+        assert bound["token_type"] == "DPoP"
+        replayed = await other.post("/oauth/token", data=cc, auth=auth(client),
+                                    headers={"DPoP": proof})
+        assert replayed.status_code == 400, replayed.text
+        assert replayed.json()["error"] == "invalid_dpop_proof"
+        first = issued(await other.post(
+            "/oauth/token", data={"grant_type": "password", "username": "alice",
+                                  "password": "correct horse", "client_id": app["client_id"]},
+            headers={"DPoP": key.proof("POST", f"{ISSUER}/oauth/token")}))
+        again = {"grant_type": "refresh_token", "refresh_token": first["refresh_token"],
+                 "client_id": app["client_id"]}
+        stolen = await one.post("/oauth/token", data=again,
+                                headers={"DPoP": DPoPKey().proof("POST", f"{ISSUER}/oauth/token")})
+        assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"
+        rotated = issued(await one.post("/oauth/token", data=again, headers={
+            "DPoP": key.proof("POST", f"{ISSUER}/oauth/token")}))
+        for token in (bound["access_token"], rotated["access_token"], rotated["refresh_token"]):
+            doc = (await one.post("/oauth/introspect", data={"token": token}, auth=auth(rs))).json()
+            assert doc["active"] is True and doc["cnf"] == {"jkt": key.jkt}
+
+
+
 async def test_token_writes_wait_for_a_replica(cluster_app_factory: AppFactory,
                                                caplog: pytest.LogCaptureFixture) -> None:
     async with cluster_app_factory(redis_wait_replicas=1) as http:
@@ -220,40 +258,3 @@ async def test_failover_keeps_every_token_and_the_service(
         issued(await cc_token(http, client))
         print(f"failover: service answered again after {recovered:.1f} s, "
               f"{statuses.count(503)} answers 503 meanwhile")
-
-
-async def test_dpop_proofs_are_claimed_once_across_instances_and_bound_rotation_holds(
-        cluster_app_factory: AppFactory) -> None:
-    """On a cluster the once-only claim goes through the cluster client (no pipelined one): a
-    proof accepted by one instance is refused by another, and rotate.lua binds a public
-    client's rotated refresh token to the key in the grant's own slot."""
-    key = DPoPKey()
-    async with cluster_app_factory() as one, cluster_app_factory() as other:
-        client = await new_client(one)
-        app = await new_client(one, name="app", token_endpoint_auth_method="none",
-                               grant_types=["password", "refresh_token"])
-        rs = await new_client(one, name="rs", introspection="all")
-        await new_user(one)
-        proof = key.proof("POST", f"{ISSUER}/oauth/token")
-        cc = {"grant_type": "client_credentials"}
-        bound = issued(await one.post("/oauth/token", data=cc, auth=auth(client),
-                                      headers={"DPoP": proof}))
-        assert bound["token_type"] == "DPoP"
-        replayed = await other.post("/oauth/token", data=cc, auth=auth(client),
-                                    headers={"DPoP": proof})
-        assert replayed.status_code == 400, replayed.text
-        assert replayed.json()["error"] == "invalid_dpop_proof"
-        first = issued(await other.post(
-            "/oauth/token", data={"grant_type": "password", "username": "alice",
-                                  "password": "correct horse", "client_id": app["client_id"]},
-            headers={"DPoP": key.proof("POST", f"{ISSUER}/oauth/token")}))
-        again = {"grant_type": "refresh_token", "refresh_token": first["refresh_token"],
-                 "client_id": app["client_id"]}
-        stolen = await one.post("/oauth/token", data=again,
-                                headers={"DPoP": DPoPKey().proof("POST", f"{ISSUER}/oauth/token")})
-        assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"
-        rotated = issued(await one.post("/oauth/token", data=again, headers={
-            "DPoP": key.proof("POST", f"{ISSUER}/oauth/token")}))
-        for token in (bound["access_token"], rotated["access_token"], rotated["refresh_token"]):
-            doc = (await one.post("/oauth/introspect", data={"token": token}, auth=auth(rs))).json()
-            assert doc["active"] is True and doc["cnf"] == {"jkt": key.jkt}
