@@ -137,7 +137,7 @@ async def test_two_dpop_headers_are_refused(http: httpx.AsyncClient, redis_db: r
     key = DPoPKey()
     before = token_keys(redis_db)
     refused(await token(http, client, CC, [key.proof("POST", URL), key.proof("POST", URL)]),
-            "invalid_dpop_proof", "Send exactly one DPoP header.")
+            "invalid_dpop_proof", "Send exactly one DPoP header with the proof.")
     assert token_keys(redis_db) == before
 
 

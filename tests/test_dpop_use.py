@@ -26,7 +26,8 @@ from tests.support.redis_servers import RedisServer
 from tests.support.service import Service
 from tokensvc.dpop import b64url
 from tokensvc.errors import DPOP_ALGS
-from tokensvc.http.bearer import BOUND, INVALID, NOT_BOUND, ONE_PROOF, OTHER_KEY, REPLAYED
+from tokensvc.http.bearer import BOUND, INVALID, NOT_BOUND, OTHER_KEY, REPLAYED
+from tokensvc.proofs import ONE_PROOF
 
 
 def dpop_challenge(error: str, description: str) -> str:

@@ -67,8 +67,8 @@ async def _by_assertion(authorization: str | None, params: Mapping[str, str],
     try:
         await verifier.verify(params, client, header, endpoint)
     except InvalidClient:
-        if client is not None and clients.usage is not None:
-            clients.usage.failed(client.client_id)
+        if client is not None:
+            _failed(clients, client)
         raise
     assert client is not None  # noqa: S101 -- type narrowing: verify() refuses an unknown client
     return Authenticated(client, client.token_endpoint_auth_method)

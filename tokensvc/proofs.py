@@ -9,16 +9,17 @@ the token endpoint, 401 with `WWW-Authenticate: DPoP` at a protected resource) i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tokensvc import dpop, metrics
-from tokensvc.errors import InvalidDPoPProof, UseDPoPNonce
+from tokensvc.errors import InvalidDPoPProof, OAuthError, UseDPoPNonce
 from tokensvc.keyring import DPOP_NONCES, Keyring
 from tokensvc.storage import OnceStorage
 from tokensvc.tokens import digest
 
 HEADER = "dpop"
 NONCE_HEADER = "DPoP-Nonce"
+ONE_PROOF = "Send exactly one DPoP header with the proof."
 REPLAY_TTL_MS = dpop.REPLAY_TTL_S * 1000
 
 
@@ -44,21 +45,30 @@ def nonce_header(nonces: dpop.Nonces | None) -> dict[str, str]:
     return {} if nonces is None else {NONCE_HEADER: nonces.current()}
 
 
+def _use_nonce(description: str, nonce: str) -> OAuthError:
+    return UseDPoPNonce(description, {NONCE_HEADER: nonce})
+
+
 def check(values: Sequence[str], method: str, url: str, nonces: dpop.Nonces | None,
-          access_token: str | None = None) -> dpop.Proof:
-    """The request's one proof, checked (RFC 9449 §4.3); the token endpoint's errors
-    otherwise (RFC 9449 §5, §8): `invalid_dpop_proof`, or `use_dpop_nonce` with a nonce."""
+          access_token: str | None = None, *,
+          refused: Callable[[str], OAuthError] = InvalidDPoPProof,
+          nonce_required: Callable[[str, str], OAuthError] = _use_nonce) -> dpop.Proof:
+    """The request's one proof, checked (RFC 9449 §4.3) and its refusals counted. Refused with
+    the token endpoint's errors by default (RFC 9449 §5, §8: 400 `invalid_dpop_proof`, or
+    `use_dpop_nonce` with a fresh nonce); a protected resource passes its own (§7.1, §9: 401
+    with a DPoP challenge)."""
     if len(values) != 1:
         metrics.dpop_refused("invalid")
-        raise InvalidDPoPProof("Send exactly one DPoP header.")
+        raise refused(ONE_PROOF)
     try:
         return dpop.check(values[0], method, url, access_token=access_token, nonces=nonces)
     except dpop.NonceRequired as exc:
+        assert nonces is not None  # noqa: S101 -- raised only when nonces are demanded
         metrics.dpop_refused("nonce")
-        raise UseDPoPNonce(str(exc), nonce_header(nonces)) from None
+        raise nonce_required(str(exc), nonces.current()) from None
     except dpop.ProofError as exc:
         metrics.dpop_refused("invalid")
-        raise InvalidDPoPProof(str(exc)) from None
+        raise refused(str(exc)) from None
 
 
 async def accept_once(store: OnceStorage, proof: dpop.Proof) -> bool:

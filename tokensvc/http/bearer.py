@@ -18,7 +18,7 @@ import hmac
 
 from starlette.requests import Request
 
-from tokensvc import dpop, metrics, resources
+from tokensvc import dpop, resources
 from tokensvc.errors import (
     DPOP_CHALLENGE,
     DPoPNonceRequired,
@@ -27,7 +27,7 @@ from tokensvc.errors import (
     InvalidToken,
 )
 from tokensvc.models import TokenRecord
-from tokensvc.proofs import HEADER as DPOP_HEADER, accept_once
+from tokensvc.proofs import HEADER as DPOP_HEADER, accept_once, check
 from tokensvc.services import Services
 from tokensvc.storage import OnceStorage
 from tokensvc.store import records
@@ -43,7 +43,6 @@ BOUND = "The access token is bound to a DPoP key: present it with Authorization:
 NOT_BOUND = "The access token is not bound to a DPoP key: present it with Authorization: Bearer."
 OTHER_KEY = "The DPoP proof's key is not the one the access token is bound to."
 REPLAYED = "The DPoP proof was already used (its jti is accepted once)."
-ONE_PROOF = "Send exactly one DPoP header with the proof."
 
 
 def bearer_token(request: Request) -> str | None:
@@ -75,21 +74,10 @@ class DPoPPresentations:
     async def record(self, request: Request, svc: Services, token: str) -> TokenRecord:
         """The live access token `token`, bound to the key of the request's proof; the proof is
         spent. DPoPRefused (401, DPoP challenge) otherwise."""
-        proofs = request.headers.getlist(DPOP_HEADER)
-        if len(proofs) != 1:
-            metrics.dpop_refused("invalid")
-            raise DPoPProofRefused(ONE_PROOF)
-        try:
-            # The URL as the token endpoint reads it: the issuer's, which clients are given.
-            proof = dpop.check(proofs[0], request.method, self.base + request.scope["path"],
-                               access_token=token, nonces=self.nonces)
-        except dpop.NonceRequired as why:
-            assert self.nonces is not None  # noqa: S101 -- raised only when nonces are asked for
-            metrics.dpop_refused("nonce")
-            raise DPoPNonceRequired(str(why), self.nonces.current()) from None
-        except dpop.ProofError as why:
-            metrics.dpop_refused("invalid")
-            raise DPoPProofRefused(str(why)) from None
+        # The URL as the token endpoint reads it: the issuer's, which clients are given.
+        proof = check(request.headers.getlist(DPOP_HEADER), request.method,
+                      self.base + request.scope["path"], self.nonces, token,
+                      refused=DPoPProofRefused, nonce_required=DPoPNonceRequired)
         record = await live_record(svc, token, ACCESS)
         if record is None:
             raise DPoPTokenRefused(INVALID)
