@@ -366,6 +366,7 @@ class _Conn(asyncio.Protocol):
         self.label = ""
         self.busy = False
         self.error: str | None = None
+        self.gone = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -388,6 +389,8 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if not self.gone.done():
+            self.gone.set_result(None)
         self.driver.on_lost(self, exc)
 
     def write(self, data: bytes) -> None:
@@ -471,6 +474,8 @@ class Load:
         self.lag: list[int] = []
         self.reconnects = 0
         self.opened = 0
+        # Reconnects under way: the run waits for them, so no connection outlives it.
+        self.connecting: set[asyncio.Task[None]] = set()
 
     # -- sending -------------------------------------------------------------------------
 
@@ -535,9 +540,14 @@ class Load:
         if conn in free:
             free.remove(conn)
         if self.running:
-            self.loop.create_task(self._reconnect(conn.index, conn.backend))
+            self._spawn_reconnect(conn.index, conn.backend)
         elif not any(c.busy for c in self.conns):
             self.idle.set()
+
+    def _spawn_reconnect(self, index: int, backend: int) -> None:
+        task = self.loop.create_task(self._reconnect(index, backend))
+        self.connecting.add(task)
+        task.add_done_callback(self.connecting.discard)
 
     async def _reconnect(self, index: int, backend: int) -> None:
         target = self.backends[backend]
@@ -548,7 +558,7 @@ class Load:
             self.rec.transport_error("connect", time.perf_counter_ns())
             await asyncio.sleep(0.1)
             if self.running:
-                self.loop.create_task(self._reconnect(index, backend))
+                self._spawn_reconnect(index, backend)
             return
         if self.cfg.new_connection:
             self.opened += 1
@@ -690,12 +700,28 @@ class Load:
                 await asyncio.wait_for(self.idle.wait(), cfg.drain)
         self.rec.flush()
         incomplete = sum(1 for c in self.conns if c.busy)
-        for conn in self.conns:
-            if conn.transport is not None:
-                conn.transport.close()
+        await self._close_all()
         if self.trace is not None:
             self.trace.backends = [b.name for b in self.backends]
         return self.result(incomplete)
+
+    async def _close_all(self) -> None:
+        """Close every connection and wait until each is gone (a TLS close is a shutdown
+        exchange), reconnects under way included: a transport left to the garbage collector
+        after the run would be reset, not closed, and warned about."""
+        if self.connecting:
+            await asyncio.wait(set(self.connecting), timeout=self.cfg.drain)
+            for task in set(self.connecting):
+                task.cancel()
+        conns = [c for c in self.conns if c.transport is not None]
+        for conn in conns:
+            assert conn.transport is not None
+            conn.transport.close()
+        if conns:
+            await asyncio.wait([c.gone for c in conns], timeout=self.cfg.drain)
+        for conn in conns:
+            if conn.transport is not None:
+                conn.transport.abort()
 
     def result(self, incomplete: int) -> LoadResult:
         rec = self.rec
