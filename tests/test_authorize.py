@@ -62,6 +62,7 @@ LOCKED = "This account is locked after too many failed sign-ins. Contact an admi
 NOT_VERIFIED = "This account is not verified yet, and this application requires verified accounts."
 PLAIN_REFUSED = "code_challenge_method plain is not allowed; use S256."
 MALFORMED_CHALLENGE = "code_challenge is malformed (RFC 7636 §4.2)."
+MALFORMED_JKT = "dpop_jkt must be a JWK SHA-256 thumbprint (RFC 7638), base64url-encoded."
 MALFORMED_SCOPE = "The scope parameter is malformed (RFC 6749 §3.3)."
 
 
@@ -229,6 +230,9 @@ REDIRECT_ERRORS: list[tuple[str, dict[str, str | None], str, str]] = [
      "prompt must be none, login or consent."),
     ("two-prompts", {"prompt": "login consent"}, "invalid_request", "prompt must be none, login or consent."),
     ("prompt-none-without-session", {"prompt": "none"}, "login_required", "The user is not logged in."),
+    ("dpop-jkt-too-short", {"dpop_jkt": CHALLENGE[:42]}, "invalid_request", MALFORMED_JKT),
+    ("dpop-jkt-padded", {"dpop_jkt": CHALLENGE + "="}, "invalid_request", MALFORMED_JKT),
+    ("dpop-jkt-standard-base64", {"dpop_jkt": CHALLENGE[:42] + "/"}, "invalid_request", MALFORMED_JKT),
 ]
 
 
@@ -253,6 +257,9 @@ async def test_repeated_parameters_are_invalid_request(http: httpx.AsyncClient, 
     for name in ("response_type", "scope", "code_challenge", "code_challenge_method"):
         resp = await http.get("/oauth/authorize", params=[*query, (name, dict(query)[name])])
         assert_error_redirect(resp, "invalid_request", f"The parameter '{name}' was sent more than once.")
+    twice = [("dpop_jkt", CHALLENGE), ("dpop_jkt", CHALLENGE)]
+    resp = await http.get("/oauth/authorize", params=[*query, *twice])
+    assert_error_redirect(resp, "invalid_request", "The parameter 'dpop_jkt' was sent more than once.")
     # A repeated state cannot be returned: the error goes back without one.
     resp = await http.get("/oauth/authorize", params=[*query, ("state", "other")])
     assert_error_redirect(resp, "invalid_request", "The parameter 'state' was sent more than once.",

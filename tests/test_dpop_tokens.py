@@ -217,13 +217,17 @@ async def test_a_confidential_clients_refresh_binds_the_new_token_to_the_refresh
     assert "cnf" not in await introspect(http, rs, plain.json()["access_token"])
 
 
+async def redeem_with(http: httpx.AsyncClient, app: Client, code: str, key: DPoPKey) -> httpx.Response:
+    return await http.post("/oauth/token", headers={"DPoP": key.proof("POST", URL)}, data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": "https://app.example/cb",
+        "code_verifier": "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk", "client_id": app["client_id"]})
+
+
 async def test_authorization_code_with_pkce_and_dpop(http: httpx.AsyncClient, rs: Client) -> None:
     app = await public_app(http)
     key = DPoPKey()
     code = (await get_code(http, app))["code"]
-    resp = await http.post("/oauth/token", headers={"DPoP": key.proof("POST", URL)}, data={
-        "grant_type": "authorization_code", "code": code, "redirect_uri": "https://app.example/cb",
-        "code_verifier": "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk", "client_id": app["client_id"]})
+    resp = await redeem_with(http, app, code, key)
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["token_type"] == "DPoP"
@@ -237,6 +241,23 @@ async def test_authorization_code_with_pkce_and_dpop(http: httpx.AsyncClient, rs
     plain = (await redeem(http, app, (await get_code(http, app))["code"])).json()
     assert plain["token_type"] == "Bearer"
     assert "cnf" not in await introspect(http, rs, plain["refresh_token"])
+
+
+async def test_dpop_jkt_binds_the_code_to_the_key(http: httpx.AsyncClient, rs: Client) -> None:
+    app = await public_app(http)
+    key = DPoPKey()
+    # Carried through the sign-in and consent pages to the code.
+    code = (await get_code(http, app, dpop_jkt=key.jkt))["code"]
+    bound = ("The authorization request bound the code to a DPoP key (dpop_jkt); the token "
+             "request's proof must be signed with that key.")
+    refused(await redeem(http, app, code), "invalid_grant", bound)
+    refused(await redeem_with(http, app, code, DPoPKey()), "invalid_grant", bound)
+    # Neither refusal spent the code: its client, with the key, still redeems it, once.
+    resp = await redeem_with(http, app, code, key)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["token_type"] == "DPoP"
+    assert (await introspect(http, rs, resp.json()["access_token"]))["cnf"] == {"jkt": key.jkt}
+    refused(await redeem_with(http, app, code, key), "invalid_grant")
 
 
 async def test_reuse_meets_only_requests_bound_to_the_same_key(http: httpx.AsyncClient,

@@ -22,6 +22,7 @@ import requests
 from requests_oauth2client import BearerToken, DPoPKey, DPoPToken, OAuth2Client
 from requests_oauth2client.exceptions import EndpointError
 
+from tests.support.authflow import CB, decide, is_consent_page, sign_in
 from tests.support.config import ISSUER
 from tests.support.dpop import DPoPKey as ProofKey
 from tests.support.redis_servers import RedisServer
@@ -111,6 +112,29 @@ async def test_a_public_clients_refresh_token_works_only_with_its_key(service: S
     assert no_proof.value.error == "invalid_dpop_proof"
     refreshed = await call(lib.refresh_token, tok)  # the library proves with the same key
     assert refreshed.token_type == "DPoP" and refreshed.refresh_token != tok.refresh_token
+
+
+async def test_the_library_binds_its_authorization_code_with_dpop_jkt(service: Service) -> None:
+    await service.create_user(password=PASSWORD)
+    rs = oauth(service, await service.create_client(name="rs", introspection="all"))
+    app = await service.create_client(token_endpoint_auth_method="none", redirect_uris=[CB],
+                                      grant_types=["authorization_code", "refresh_token"])
+    lib = oauth(service, app, authorization_endpoint=f"{service.url}/oauth/authorize",
+                redirect_uri=CB, dpop_bound_access_tokens=True)
+    request = lib.authorization_request(scope="read", nonce=None)
+    assert request.dpop_jkt is not None and f"dpop_jkt={request.dpop_jkt}" in str(request.uri)
+    async with httpx.AsyncClient(base_url=service.url) as browser:
+        page = await sign_in(browser, await browser.get(str(request.uri)))
+        if is_consent_page(page):
+            page = await decide(browser, page)
+    answer = request.validate_callback(page.headers["location"])
+    with pytest.raises(EndpointError) as other_key:
+        await call(lib.authorization_code, answer.code, dpop_key=DPoPKey.generate(), redirect_uri=CB,
+                   code_verifier=answer.code_verifier)
+    assert other_key.value.error == "invalid_grant"
+    tok = await call(lib.authorization_code, answer)  # proves with the request's key
+    assert isinstance(tok, DPoPToken) and tok.dpop_key.dpop_jkt == request.dpop_jkt
+    assert (await call(rs.introspect_token, tok.access_token))["cnf"] == {"jkt": request.dpop_jkt}
 
 
 async def test_dpop_bound_access_tokens_is_enforced(service: Service) -> None:

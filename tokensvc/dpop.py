@@ -84,6 +84,15 @@ def thumbprint(jwk: dict[str, Any]) -> str:
     return b64url(hashlib.sha256(canonical).digest())
 
 
+_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def is_thumbprint(value: str) -> bool:
+    """Whether `value` can be a SHA-256 thumbprint: 43 base64url characters, unpadded (a
+    `dpop_jkt` of any other shape could never match a proof, so it is refused when asked)."""
+    return len(value) == 43 and _B64URL.issuperset(value)
+
+
 def token_hash(token: str) -> str:
     """RFC 9449 §4.2 `ath`: base64url SHA-256 of the access token's ASCII bytes."""
     return b64url(hashlib.sha256(token.encode("ascii", "replace")).digest())

@@ -24,15 +24,17 @@ _REFUSALS = {
     "CLIENT": "The authorization code was issued to another client.",
     "REDIRECT": "redirect_uri does not match the authorization request.",
     "PKCE": "The code_verifier does not match the code_challenge.",
+    "DPOP": "The authorization request bound the code to a DPoP key (dpop_jkt); the token "
+            "request's proof must be signed with that key.",
 }
 _WIDER = "The requested resource exceeds the resources of the authorization request."
 
 
 async def issue_code(tokens: TokenWriter, client: Client, username: str, scope: str,
                      redirect_uri: str, redirect_uri_sent: bool, challenge: str | None,
-                     method: str | None, aud: str | None = None) -> str:
-    """RFC 6749 §4.1.2: a single-use code bound to client, user, scope, redirect, PKCE and the
-    audience (RFC 8707) of the authorization request.
+                     method: str | None, aud: str | None = None, jkt: str | None = None) -> str:
+    """RFC 6749 §4.1.2: a single-use code bound to client, user, scope, redirect, PKCE, the
+    audience (RFC 8707) and the DPoP key (RFC 9449 §10 `dpop_jkt`) of the authorization request.
 
     `redirect_uri` is where the code goes; `redirect_uri_sent` says whether the request named
     it, which decides whether its redemption must (RFC 6749 §4.1.3).
@@ -42,7 +44,7 @@ async def issue_code(tokens: TokenWriter, client: Client, username: str, scope: 
     grant_id = new_grant_id()
     code = tokens.codec.mint(CODE, grant_id)
     record = records.encode_code(client.client_id, username, scope, grant_id, redirect_uri,
-                                 redirect_uri_sent, challenge, method, now_ms(), ttl, aud)
+                                 redirect_uri_sent, challenge, method, now_ms(), ttl, aud, jkt)
     await tokens.store.issue(grant_id, [(keys.token(grant_id, code.digest), record, ttl)])
     await tokens.store.link_user_grant(username, grant_id, ttl)
     metrics.code_event("issued")

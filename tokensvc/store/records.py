@@ -101,7 +101,7 @@ def decode_token(raw: bytes | str | None, kind: str | None = None) -> TokenRecor
 
 def encode_code(client_id: str, username: str, scope: str, grant_id: str, redirect_uri: str,
                 redirect_uri_sent: bool, challenge: str | None, method: str | None,
-                issued_at: int, ttl_ms: int, aud: str | None = None) -> bytes:
+                issued_at: int, ttl_ms: int, aud: str | None = None, jkt: str | None = None) -> bytes:
     d: dict[str, Any] = {"k": "ac", "c": client_id, "u": username, "s": scope, "g": grant_id,
                          "ru": redirect_uri, "iat": issued_at, "exp": issued_at + ttl_ms}
     if not redirect_uri_sent:
@@ -111,6 +111,8 @@ def encode_code(client_id: str, username: str, scope: str, grant_id: str, redire
     if challenge is not None:
         d["cc"] = challenge
         d["ccm"] = method or "plain"
+    if jkt is not None:
+        d["jkt"] = jkt
     return orjson.dumps(d)
 
 

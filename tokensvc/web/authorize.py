@@ -154,7 +154,7 @@ class AuthorizeEndpoints:
     async def approve(self, req: AuthRequest, username: str, status: int) -> Response:
         code = await issue_code(self.svc.tokens, req.client, username, req.scope,
                                 req.redirect_uri, req.redirect_uri_sent, req.challenge, req.method,
-                                req.aud)
+                                req.aud, req.jkt)
         return self.redirect(req, {"code": code}, status)
 
     async def _user(self, session: Session, req: AuthRequest) -> User | None:

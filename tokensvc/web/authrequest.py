@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from tokensvc import pkce, resources, scopes
+from tokensvc.dpop import is_thumbprint
 from tokensvc.errors import InvalidScope, InvalidTarget, OAuthError
 from tokensvc.http.params import parse_form, read_body
 from tokensvc.models import Client
@@ -23,7 +24,7 @@ from tokensvc.settings import Settings
 
 # The parameters of an authorization request that the forms carry along.
 REQUEST_PARAMS = ("response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge",
-                  "code_challenge_method", "prompt")
+                  "code_challenge_method", "prompt", "dpop_jkt")
 _PROMPTS = ("none", "login", "consent")
 
 
@@ -65,6 +66,8 @@ class AuthRequest:
     # RFC 8707: the resources as asked (each once), and the audience the code will carry.
     resources: tuple[str, ...] = ()
     aud: str | None = None
+    # RFC 9449 §10: the thumbprint of the DPoP key the code may only be redeemed with.
+    jkt: str | None = None
 
     @property
     def scope_set(self) -> frozenset[str]:
@@ -172,5 +175,9 @@ def _check(req: AuthRequest, params: Mapping[str, list[str]], allow_plain_pkce: 
                                  client.resources)
     except InvalidTarget as exc:
         raise RedirectError("invalid_target", exc.description) from None
+    jkt = req.raw.get("dpop_jkt")
+    if jkt is not None and not is_thumbprint(jkt):
+        raise RedirectError("invalid_request",
+                            "dpop_jkt must be a JWK SHA-256 thumbprint (RFC 7638), base64url-encoded.")
     return AuthRequest(client, req.redirect_uri, req.redirect_uri_sent, scope, req.state,
-                       challenge, method, prompt, req.raw, req.resources, aud)
+                       challenge, method, prompt, req.raw, req.resources, aud, jkt)

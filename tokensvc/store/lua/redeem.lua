@@ -13,8 +13,8 @@
 -- KEYS[3] is the new access token's key whatever its format: an opaque token's digest, or a
 -- JWT's jti digest (the JWT is signed after this script, from what it returns).
 -- Returns {'OK', username, scope, now ms, access audience or ''} or
--- {'UNKNOWN'|'REPLAY'|'CLIENT'|'NO_REDIRECT'|'REDIRECT'|'PKCE'|'TARGET'}; only REDIRECT and PKCE
--- spend the code.
+-- {'UNKNOWN'|'REPLAY'|'CLIENT'|'NO_REDIRECT'|'REDIRECT'|'PKCE'|'TARGET'|'DPOP'}; only REDIRECT and
+-- PKCE spend the code.
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {'UNKNOWN'} end
 local rec = cjson.decode(raw)
@@ -50,6 +50,10 @@ if bad then
   if wrong_uri then return {'REDIRECT'} end
   return {'PKCE'}
 end
+-- RFC 9449 §10: a code asked for with dpop_jkt is redeemed only with a proof of that key. The
+-- code is not spent: whoever lacks the key cannot use it, so refusing them takes nothing from
+-- its client.
+if rec.jkt and rec.jkt ~= ARGV[9] then return {'DPOP'} end
 -- RFC 8707 §2.2: the token request may narrow the audience bound to the code, not widen it.
 -- The code is not spent: the request came from its client, with its verifier.
 local aud = rec.aud
