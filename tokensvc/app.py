@@ -135,7 +135,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         listener = asyncio.create_task(svc.clients.listen(settings.redis_url,
                                                           settings.redis_timeout))
         tasks = [listener, asyncio.create_task(svc.usage.run()), asyncio.create_task(svc.fleet.run()),
-                 asyncio.create_task(svc.signer.run())]
+                 asyncio.create_task(svc.signer.run()), asyncio.create_task(svc.resealer.run())]
         if settings.metrics:
             tasks.append(asyncio.create_task(metrics_mod.flush_forever()))
         try:
@@ -143,6 +143,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             svc.fleet.stop()
             svc.signer.stop()
+            svc.resealer.stop()
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

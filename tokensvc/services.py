@@ -11,6 +11,7 @@ from tokensvc.hashing import Hasher
 from tokensvc.issuance import TokenWriter
 from tokensvc.keyring import Keyring
 from tokensvc.proofs import DeploymentNonces
+from tokensvc.reseal import Resealer
 from tokensvc.settings import Settings
 from tokensvc.signing import Signer
 from tokensvc.store.redis import RedisStore, open_store
@@ -29,6 +30,7 @@ class Services:
     usage: Usage
     fleet: Fleet
     signer: Signer
+    resealer: Resealer
     # RFC 9449 §8 server nonces, one instance for every endpoint that checks DPoP proofs;
     # None when TOKENSVC_DPOP_NONCE is off (no nonce is demanded).
     nonces: DeploymentNonces | None = None
@@ -56,4 +58,6 @@ class Services:
         tokens = TokenWriter(store, codec, clients, settings, signer)
         fleet = Fleet(store.redis, keyring, settings.fleet_heartbeat)
         nonces = DeploymentNonces(keyring) if settings.dpop_nonce else None
-        return cls(settings, store, codec, hasher, clients, tokens, usage, fleet, signer, nonces)
+        resealer = Resealer(store, keyring, settings.fleet_heartbeat)
+        return cls(settings, store, codec, hasher, clients, tokens, usage, fleet, signer, resealer,
+                   nonces)

@@ -92,6 +92,18 @@ class ClientStorage(Protocol):
                                    subscriber: Subscriber) -> None: ...
 
 
+class SealedSecretStorage(Protocol):
+    """The client_secret_jwt secrets kept sealed, for sealing them anew (reseal.py)."""
+
+    async def sealed_sweep_state(self) -> tuple[int, str | None]: ...
+
+    async def sealed_secret_clients(self) -> list[Client]: ...
+
+    async def mark_sealed_sweep(self, stamp: str) -> None: ...
+
+    async def reseal_client_secret(self, client_id: str, sealed: str, resealed: str) -> bool: ...
+
+
 class RegistryStorage(Protocol):
     """Creating, changing and removing clients and users (the admin API, console and CLI)."""
 

@@ -45,6 +45,38 @@ class ClientStore(Invalidation):
         return updated if swapped else None
 
     @map_redis_errors
+    async def sealed_sweep_state(self) -> tuple[int, str | None]:
+        """(writes of records with a sealed secret so far, the last complete sweep's stamp)."""
+        writes, swept = await self.redis.hmget(keys.SEALED_STATE, ["writes", "swept"])
+        return int(writes or 0), None if swept is None else text(swept)
+
+    @map_redis_errors
+    async def sealed_secret_clients(self) -> list[Client]:
+        """Every client whose record keeps a sealed secret."""
+        members = await self.redis.smembers(keys.SEALED_CLIENTS)
+        return await self._clients(sorted(text(m) for m in members))
+
+    @map_redis_errors
+    async def mark_sealed_sweep(self, stamp: str) -> None:
+        await self.redis.hset(keys.SEALED_STATE, "swept", stamp)
+
+    @map_redis_errors
+    async def reseal_client_secret(self, client_id: str, sealed: str, resealed: str) -> bool:
+        """Put `resealed` in place of `sealed` if the record still keeps that one
+        (client_swap.lua); whether it did. No instance need be told: both open to the same
+        secret under keys every running instance holds (a key leaves only with a restart)."""
+        raw = await self._client_record(client_id)
+        if raw is None:
+            return False
+        current = records.decode_client(raw)
+        if current.secret_sealed != sealed:
+            return False
+        swapped = await self.scripts["client_swap"](
+            keys=[keys.client(client_id)],
+            args=[raw, records.encode_client(replace(current, secret_sealed=resealed))])
+        return bool(swapped)
+
+    @map_redis_errors
     async def put_client(self, client: Client, *, new: bool, previous: Client | None = None) -> bool:
         """Create (only if absent) or replace (only if present) a client, then tell every instance.
 
@@ -55,6 +87,15 @@ class ClientStore(Invalidation):
                                        nx=new, xx=not new)
         if not written:
             return False
+        if client.secret_sealed is not None:
+            # After the record: a sweep that read the count before this write sees the record,
+            # and one that read it after is no longer complete (reseal.py).
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.sadd(keys.SEALED_CLIENTS, client.client_id)
+                pipe.hincrby(keys.SEALED_STATE, "writes", 1)
+                await pipe.execute()
+        elif not new and (previous is None or previous.secret_sealed is not None):
+            await self.redis.srem(keys.SEALED_CLIENTS, client.client_id)
         member = records.client_name_member(client)
         if new:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -80,6 +121,7 @@ class ClientStore(Invalidation):
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrem(keys.CLIENTS_INDEX, client_id)
             pipe.zrem(keys.CLIENTS_USED, client_id)
+            pipe.srem(keys.SEALED_CLIENTS, client_id)
             if current is not None:
                 pipe.zrem(keys.CLIENT_NAMES, records.client_name_member(current))
             await pipe.execute()

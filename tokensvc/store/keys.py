@@ -4,6 +4,7 @@
 - `{c:<client id>}`: a client record, its usage buckets and its failed-authentication counter.
 - `{s:<session digest>}`: a login session of the authorization pages.
 - `{jwks}`: the deployment's JWT signing keys (one hash, field = key id).
+- `{sealed}`: which clients keep a sealed secret, and the state of the sweep that seals them anew.
 - `{u:<user hash>}`: a user record, its failure counter, its lock, its password checks in
   flight, the ids of its grants and its remembered consents. The tag is a digest of the
   username, so no username (which may hold `{` or `}`) can move or split the slot.
@@ -23,6 +24,11 @@ USERS_INDEX = "tsv:users"
 INVALIDATION_CHANNEL = "tsv:invalidate"
 INVALIDATED_CHANNEL = "tsv:invalidated"  # instances confirm here that they dropped a client
 SIGNING_KEYS = "tsv:{jwks}:keys"
+# The clients whose record keeps a sealed secret (client_secret_jwt), and the state of the
+# sweep that seals them anew under the key the fleet signs with (reseal.py): `writes` counts
+# writes of such records, `swept` is "<server key id> <writes>" after a complete sweep.
+SEALED_CLIENTS = "tsv:{sealed}:clients"
+SEALED_STATE = "tsv:{sealed}:state"
 
 
 def token(grant_id: str, token_digest: str) -> str:
