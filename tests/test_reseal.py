@@ -7,6 +7,7 @@ keys a step of the rotation gives it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from dataclasses import replace
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import jwt
 import orjson
+import pytest
 import redis
 
 from tests.support.apps import ON_SINGLE_AND_CLUSTER, AppFactory
@@ -112,7 +114,7 @@ async def test_a_sweep_reseals_once_and_again_only_after_a_write(app_factory: Ap
 
 
 async def test_a_secret_under_a_key_the_instance_lacks_is_left_and_the_sweep_stays_open(
-        app_factory: AppFactory, redis_db: redis.Redis) -> None:
+        app_factory: AppFactory, redis_db: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
     async with app_factory(secret_keys=(OTHER_KEY,)) as other:
         client = await create(other)
     # A deployment started afresh on other keys, the secret left over from before.
@@ -122,7 +124,16 @@ async def test_a_secret_under_a_key_the_instance_lacks_is_left_and_the_sweep_sta
         svc = services(both)
         svc.resealer.stop()
         resealer = Resealer(svc.store, Keyring((NEW_KEY, SECRET_KEY)), 60)
-        assert await resealer.sweep() == 0
+        with caplog.at_level(logging.WARNING, logger="tokensvc.reseal"):
+            caplog.clear()
+            assert await resealer.sweep() == 0
+            said = [r.getMessage() for r in caplog.records if r.name == "tokensvc.reseal"]
+            assert await resealer.sweep() == 0
+        assert said and set(said) == {"1 client_secret_jwt secret(s) are sealed under a server key "
+                                      "this instance does not hold; they will be sealed anew by one "
+                                      "that does"}
+        # Said once, not at every beat while it stands.
+        assert [r.getMessage() for r in caplog.records if r.name == "tokensvc.reseal"] == said
         assert sealed_under(redis_db, client["client_id"]) == key_id(OTHER_KEY)
         assert redis_db.hget(keys.SEALED_STATE, "swept") is None
         # Only the record as read is swapped: a secret changed meanwhile is left alone.

@@ -32,6 +32,8 @@ class Resealer:
         self.keyring = keyring
         self.interval = interval
         self._stop = asyncio.Event()
+        # What was last warned about, so a standing problem is logged once, not every beat.
+        self._warned: tuple[str, int] | None = None
 
     async def sweep(self) -> int:
         """Seal anew what is under another key; how many secrets were."""
@@ -57,7 +59,8 @@ class Resealer:
                 changed += 1  # changed meanwhile: the next pass looks again
         if resealed:
             log.info("sealed %d client secret(s) anew under server key %s", resealed, signing)
-        if lacking:
+        if lacking and self._warned != (signing, lacking):
+            self._warned = (signing, lacking)
             log.warning("%d client_secret_jwt secret(s) are sealed under a server key this "
                         "instance does not hold; they will be sealed anew by one that does",
                         lacking)
