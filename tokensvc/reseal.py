@@ -27,6 +27,9 @@ log = logging.getLogger("tokensvc.reseal")
 
 
 class Resealer:
+    """One per worker: the sweep, run at start and then every heartbeat, since the key the fleet
+    signs with changes only at a heartbeat (fleet.py)."""
+
     def __init__(self, store: SealedSecretStorage, keyring: Keyring, interval: float) -> None:
         self.store = store
         self.keyring = keyring
