@@ -4,7 +4,7 @@ channel before the call returns, so no instance serves the old record afterwards
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from tokensvc.models import Client
@@ -28,21 +28,27 @@ class ClientStore(Invalidation):
         got = await self.redis.get(keys.client(client_id))
         return got.encode() if isinstance(got, str) else got
 
+    async def _swap(self, client_id: str, change: Callable[[Client], Client | None]) -> Client | None:
+        """Write `change(record)` if the record is still the one read (client_swap.lua); the
+        record written, or None when `change` declines or the record changed meanwhile, so a
+        rotation, edit or revocation in between is never undone."""
+        raw = await self._client_record(client_id)
+        if raw is None:
+            return None
+        updated = change(records.decode_client(raw))
+        if updated is None:
+            return None
+        swapped = await self.scripts["client_swap"](keys=[keys.client(client_id)],
+                                                    args=[raw, records.encode_client(updated)])
+        return updated if swapped else None
+
     @map_redis_errors
     async def add_secret_verifier(self, client: Client, verifier: str) -> Client | None:
         """Write `verifier` into the client's record if the record still holds the hash it was
-        checked against (client_swap.lua); the record written, or None when the client changed
-        meanwhile (then the next check simply runs argon2 again)."""
-        raw = await self._client_record(client.client_id)
-        if raw is None:
-            return None
-        current = records.decode_client(raw)
-        if current.secret_hash != client.secret_hash:
-            return None
-        updated = replace(current, secret_verifier=verifier)
-        swapped = await self.scripts["client_swap"](keys=[keys.client(client.client_id)],
-                                                    args=[raw, records.encode_client(updated)])
-        return updated if swapped else None
+        checked against; the record written, or None when the client changed meanwhile (then
+        the next check simply runs argon2 again)."""
+        return await self._swap(client.client_id, lambda current: replace(
+            current, secret_verifier=verifier) if current.secret_hash == client.secret_hash else None)
 
     @map_redis_errors
     async def sealed_sweep_state(self) -> tuple[int, str | None]:
@@ -62,19 +68,11 @@ class ClientStore(Invalidation):
 
     @map_redis_errors
     async def reseal_client_secret(self, client_id: str, sealed: str, resealed: str) -> bool:
-        """Put `resealed` in place of `sealed` if the record still keeps that one
-        (client_swap.lua); whether it did. No instance need be told: both open to the same
-        secret under keys every running instance holds (a key leaves only with a restart)."""
-        raw = await self._client_record(client_id)
-        if raw is None:
-            return False
-        current = records.decode_client(raw)
-        if current.secret_sealed != sealed:
-            return False
-        swapped = await self.scripts["client_swap"](
-            keys=[keys.client(client_id)],
-            args=[raw, records.encode_client(replace(current, secret_sealed=resealed))])
-        return bool(swapped)
+        """Put `resealed` in place of `sealed` if the record still keeps that one; whether it
+        did. No instance need be told: both open to the same secret under keys every running
+        instance holds (a key leaves only with a restart)."""
+        return await self._swap(client_id, lambda current: replace(
+            current, secret_sealed=resealed) if current.secret_sealed == sealed else None) is not None
 
     @map_redis_errors
     async def put_client(self, client: Client, *, new: bool, previous: Client | None = None) -> bool:
